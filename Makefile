@@ -1,0 +1,45 @@
+# CaloTwin: the commands the README names. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.calotwin-installed
+export CALOTWIN_HOME ?= $(CURDIR)/.calotwin
+export DAGSTER_HOME ?= $(CALOTWIN_HOME)/dagster
+HOST ?= 127.0.0.1
+PORT ?= 3000
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test lint format ui bench
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv and install CaloTwin with its pinned dependencies (idempotent)
+
+# torch first: pip takes the CPU build of 2.13.0; then the project with its pinned Dagster packages
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: install ## Run the loop on embedded defaults and print a summary (data in $CALOTWIN_HOME)
+	$(PY) -m dt_assets.demo
+
+test: install ## Run the test suite
+	$(PY) -m pytest
+
+lint: install ## ruff lint and format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: install ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+ui: install ## Start the Dagster UI (dagster dev) on http://127.0.0.1:3000 (set HOST, PORT to change)
+	$(PY) -c 'from dt_assets.home import ensure_dagster_home, ensure_home; ensure_home(); ensure_dagster_home()'
+	$(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+
+bench: install ## Run the benchmarks in bench/ (prints tables and JSON lines)
+	$(PY) bench/simulate.py

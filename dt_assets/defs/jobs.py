@@ -1,0 +1,12 @@
+"""Jobs users launch by name (the asset graph can also be materialized directly)."""
+
+import dagster as dg
+
+register_runs_job = dg.define_asset_job(
+    "register_runs", selection=["simulation_runs"], description="Register Monte Carlo runs or external files."
+)
+ingest_runs_job = dg.define_asset_job(
+    "ingest_runs",
+    selection=dg.AssetSelection.assets("raw_showers"),
+    description="Simulate or import the raw showers of registered runs (one partition per run), with their checks.",
+)

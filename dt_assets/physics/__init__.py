@@ -1,0 +1,1 @@
+"""Calorimeter physics: materials, geometry, the GFlash parametrization and the Monte Carlo."""

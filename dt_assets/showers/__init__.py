@@ -1,0 +1,1 @@
+"""Shower datasets: schema, zarr stores and external HDF5 formats."""

@@ -1,0 +1,220 @@
+"""Shower datasets on disk: zarr v3 stores, chunked by event, compressed, written atomically.
+
+``url`` is a local path or any fsspec URL (``file://``, ``s3://bucket/key.zarr``, ``memory://``).
+Writes never leave a half store that looks complete:
+
+- on a local file system the store is written under a temporary name beside its destination and
+  renamed into place once complete (a rename is atomic);
+- on other file systems (object stores have no atomic rename) the store's ``calotwin_write``
+  attribute says ``in-progress`` until the last chunk is written, then ``complete``.
+
+:func:`read_showers` refuses a store whose write did not finish, or that lacks chunks (a partial
+upload), with a :class:`ShowerDataError` that says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import fsspec
+import xarray as xr
+import zarr
+from fsspec.implementations.local import LocalFileSystem
+from zarr.codecs import BloscCodec
+
+from .errors import ShowerDataError
+from .schema import DEPOSIT, EVENTS_PER_CHUNK, validate_showers
+
+WRITE_STATE = "calotwin_write"
+
+
+def url_to_fs(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec file system and the path within it for a local path or URL."""
+    return fsspec.core.url_to_fs(str(url), **dict(storage_options or {}))
+
+
+def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    shape = ds[DEPOSIT].shape
+    return {
+        DEPOSIT: {
+            "chunks": (EVENTS_PER_CHUNK, *shape[1:]),
+            # showers are sparse: byte-shuffled zstd packs the zero cells to almost nothing, at about 1 GB/s
+            # (bench/README.md has the codec comparison)
+            "compressors": [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
+        },
+        **{name: {"chunks": (EVENTS_PER_CHUNK * 64,)} for name in ("primary_energy", "theta", "particle")},
+    }
+
+
+def write_showers(
+    data: xr.Dataset | Iterable[xr.Dataset],
+    url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    attrs: Mapping[str, Any] | None = None,
+) -> str:
+    """Write a shower dataset (or a stream of blocks of one) to a zarr v3 store at ``url``.
+
+    Each block is validated before it is written. ``attrs`` are added to the store's attributes
+    (for provenance known only at the end, such as a checksum). Returns ``url``.
+    """
+    fs, path = url_to_fs(url, storage_options)
+    if fs.exists(path) and not overwrite:
+        raise FileExistsError(f"{url}: a store already exists there (pass overwrite=True to replace it)")
+    blocks = [data] if isinstance(data, xr.Dataset) else data
+    if isinstance(fs, LocalFileSystem):
+        parent, name = path.rsplit("/", 1) if "/" in path else (".", path)
+        fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            _write_blocks(blocks, tmp, {}, url, attrs)
+            _replace(fs, tmp, path)
+        finally:
+            if fs.exists(tmp):
+                fs.rm(tmp, recursive=True)
+    else:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        _write_blocks(blocks, url, storage_options or {}, url, attrs)
+    return url
+
+
+def _write_blocks(
+    blocks: Iterable[xr.Dataset],
+    target: str,
+    storage_options: Mapping[str, Any],
+    source: str,
+    attrs: Mapping[str, Any] | None,
+) -> None:
+    n_events = 0
+    so = dict(storage_options) or None
+    first_attrs: dict[str, Any] = {}
+    for block in blocks:
+        validate_showers(block, source, first_event=n_events)
+        block = block.copy()
+        if n_events == 0:
+            block.attrs[WRITE_STATE] = "in-progress"
+            first_attrs = dict(block.attrs)
+            block.to_zarr(
+                target,
+                mode="w",
+                zarr_format=3,
+                consolidated=False,
+                encoding=_encoding(block),
+                write_empty_chunks=True,
+                storage_options=so,
+            )
+        else:
+            block.attrs = first_attrs  # an append rewrites the store's attributes: keep the first block's
+            block.to_zarr(
+                target,
+                append_dim="event",
+                zarr_format=3,
+                consolidated=False,
+                write_empty_chunks=True,
+                storage_options=so,
+            )
+        n_events += block.sizes["event"]
+    if n_events == 0:
+        raise ShowerDataError(source, "nothing to write: no events")
+    group = zarr.open_group(target, mode="r+", storage_options=so)
+    group.attrs.update({**dict(attrs or {}), "n_events": n_events, WRITE_STATE: "complete"})
+
+
+def _replace(fs: LocalFileSystem, tmp: str, path: str) -> None:
+    """Move a finished store into place; an existing store is moved aside first, then removed."""
+    old = None
+    if fs.exists(path):
+        old = f"{path}.old-{uuid.uuid4().hex[:12]}"
+        fs.mv(path, old, recursive=True)
+    fs.mv(tmp, path, recursive=True)
+    if old:
+        fs.rm(old, recursive=True)
+
+
+def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:
+    """Open a store lazily (nothing is read but metadata) after checking that it is complete."""
+    so = dict(storage_options or {}) or None
+    fs, path = url_to_fs(url, storage_options)
+    if not fs.exists(path):
+        raise ShowerDataError(url, "no such store")
+    try:
+        group = zarr.open_group(url, mode="r", storage_options=so)
+    except Exception as exc:  # zarr raises several types for a store that is not a zarr group
+        raise ShowerDataError(url, f"not a readable zarr store ({type(exc).__name__}: {exc})") from None
+    state = group.attrs.get(WRITE_STATE)
+    if state is not None and state != "complete":
+        raise ShowerDataError(url, f"incomplete store: its write did not finish ({WRITE_STATE}={state!r})")
+    for name, array in group.arrays():
+        if array.nchunks_initialized != array.nchunks:
+            raise ShowerDataError(
+                url, f"incomplete store: array {name!r} has {array.nchunks_initialized} of {array.nchunks} chunks"
+            )
+    try:
+        return xr.open_dataset(
+            url,
+            engine="zarr",
+            chunks=None,
+            cache=False,
+            backend_kwargs={"consolidated": False, "storage_options": so, "zarr_format": 3},
+        )
+    except Exception as exc:
+        raise ShowerDataError(url, f"not a shower dataset ({type(exc).__name__}: {exc})") from None
+
+
+def read_showers(url: str, storage_options: Mapping[str, Any] | None = None, validate: bool = True) -> xr.Dataset:
+    """Open a shower store as a lazily loaded ``xarray.Dataset``.
+
+    With ``validate`` (the default) the whole store is checked against the schema, reading the
+    deposits block by block; bad data raises :class:`ShowerDataError`.
+    """
+    ds = open_store(url, storage_options)
+    if validate:
+        validate_showers(ds, url)
+    return ds
+
+
+def iter_blocks(ds: xr.Dataset, block_events: int = EVENTS_PER_CHUNK) -> Iterator[xr.Dataset]:
+    """Load a (lazy) dataset in blocks of events, so memory stays bounded by one block."""
+    for start in range(0, ds.sizes["event"], block_events):
+        yield ds.isel(event=slice(start, start + block_events)).load()
+
+
+def store_size_bytes(url: str, storage_options: Mapping[str, Any] | None = None) -> int:
+    """Bytes on disk (or in the object store) of a store."""
+    fs, path = url_to_fs(url, storage_options)
+    return int(fs.du(path, total=True)) if fs.isdir(path) else int(fs.size(path))
+
+
+def sha256_file(url: str, storage_options: Mapping[str, Any] | None = None, chunk_bytes: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    fs, path = url_to_fs(url, storage_options)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_file(url: str, storage_options: Mapping[str, Any] | None = None, mode: str = "wb") -> Iterator[Any]:
+    """Open ``url`` for writing so that readers see either nothing or the whole file.
+
+    Writes go to a temporary name beside the target, which is renamed (local) or copied then
+    removed (object stores, where a single-object put is itself atomic) once the block exits.
+    """
+    fs, path = url_to_fs(url, storage_options)
+    parent = path.rsplit("/", 1)[0] if "/" in path else "."
+    fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        with fs.open(tmp, mode) as handle:
+            yield handle
+        fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)

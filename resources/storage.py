@@ -1,0 +1,98 @@
+"""Storage resources: where zarr stores, run specs and files live.
+
+``LocalStorage`` (the default) keeps everything under the data home (``$CALOTWIN_HOME``, default
+``.calotwin``). ``ObjectStorage`` takes any fsspec URL (``s3://bucket/prefix`` for an
+S3-compatible object store, with its ``storage_options``). Asset code sees only
+:class:`StorageResource`; writes are atomic in both (see :mod:`dt_assets.showers.store`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import abstractmethod
+from typing import Any
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from dt_assets.home import calotwin_home
+from dt_assets.showers.store import atomic_file, url_to_fs
+
+STORAGE_URL_ENV = "CALOTWIN_STORAGE_URL"
+
+
+class StorageResource(ConfigurableResource):
+    """A root location with a fixed layout: ``data/raw/<run>.zarr``, ``data/runs/<run>.json``, ..."""
+
+    @abstractmethod
+    def root_url(self) -> str:
+        """The root as a local path or fsspec URL."""
+
+    @abstractmethod
+    def options(self) -> dict[str, Any]:
+        """fsspec storage options for URLs under the root."""
+
+    def url(self, *parts: str) -> str:
+        """The URL of a path under the root."""
+        return "/".join([self.root_url().rstrip("/"), *(p.strip("/") for p in parts)])
+
+    def raw_showers_url(self, run_key: str) -> str:
+        return self.url("data", "raw", f"{run_key}.zarr")
+
+    def run_spec_url(self, run_key: str) -> str:
+        return self.url("data", "runs", f"{run_key}.json")
+
+    def exists(self, url: str) -> bool:
+        fs, path = url_to_fs(url, self.options())
+        return fs.exists(path)
+
+    def write_json(self, url: str, payload: Any) -> None:
+        """Write a JSON document atomically."""
+        with atomic_file(url, self.options(), mode="wb") as handle:
+            handle.write(json.dumps(payload, indent=2, sort_keys=True).encode())
+
+    def read_json(self, url: str) -> Any:
+        fs, path = url_to_fs(url, self.options())
+        with fs.open(path, "rb") as handle:
+            return json.loads(handle.read())
+
+
+class LocalStorage(StorageResource):
+    """A folder on the local file system (default: the data home)."""
+
+    root: str | None = Field(
+        default=None,
+        description="Folder that holds data/, landing/, quarantine/ ...; empty means $CALOTWIN_HOME "
+        "(default .calotwin in the working directory).",
+    )
+
+    def root_url(self) -> str:
+        return str(self.root) if self.root else str(calotwin_home())
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+
+class ObjectStorage(StorageResource):
+    """Any fsspec URL, e.g. an S3-compatible object store: ``s3://bucket/calotwin``."""
+
+    url_prefix: str = Field(description="Root URL, e.g. s3://bucket/calotwin or gcs://bucket/prefix.")
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="fsspec options, e.g. {'endpoint_url': 'http://127.0.0.1:9000', 'key': ..., 'secret': ...}.",
+    )
+
+    def root_url(self) -> str:
+        return self.url_prefix
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.storage_options)
+
+
+def storage_from_env() -> StorageResource:
+    """``ObjectStorage`` when ``$CALOTWIN_STORAGE_URL`` names a non-local URL, else ``LocalStorage``."""
+    url = os.environ.get(STORAGE_URL_ENV, "")
+    if url and "://" in url and not url.startswith("file://"):
+        return ObjectStorage(url_prefix=url)
+    return LocalStorage(root=url.removeprefix("file://") or None)
