@@ -72,9 +72,9 @@ def main() -> None:
         n_spots = int(simulator.shower_steps(conditions, geometry, np.random.default_rng(1)).n_spots.sum())
         mc, fl = best_interleaved(
             args.repeat,
-            lambda: simulator.simulate_block(conditions, geometry, np.random.default_rng(1)),
-            lambda: floor_block(
-                args.events, n_spots, geometry.shape, np.random.default_rng(2), simulator.max_spots_per_chunk
+            lambda c=conditions: simulator.simulate_block(c, geometry, np.random.default_rng(1)),
+            lambda m=n_spots: floor_block(
+                args.events, m, geometry.shape, np.random.default_rng(2), simulator.max_spots_per_chunk
             ),
         )
         rows.append(

@@ -16,6 +16,7 @@ and every complete block of a run stays the same when the run asks for more even
 from __future__ import annotations
 
 import abc
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -86,8 +87,8 @@ class GFlashSimulator(Simulator):
             first = bounds[-1]
             last = int(np.searchsorted(cum, cum[first] + self.max_spots_per_chunk, side="right")) - 1
             bounds.append(max(first + 1, min(last, len(conditions))))
-        scratch = _Scratch(int(max(cum[b] - cum[a] for a, b in zip(bounds, bounds[1:], strict=False))))
-        for start, stop in zip(bounds, bounds[1:], strict=False):
+        scratch = _Scratch(int(max(cum[b] - cum[a] for a, b in itertools.pairwise(bounds))))
+        for start, stop in itertools.pairwise(bounds):
             self._deposit_spots(steps, start, stop, geometry, rng, out[start:stop].reshape(-1), scratch)
         return out
 
