@@ -1,0 +1,136 @@
+"""The README's commands, run as a user runs them: `make demo`, then `make ui` on the same data home."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from dt_assets import read_showers
+
+pytestmark = pytest.mark.slow
+
+
+def make_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CALOTWIN_STORAGE_URL", "MAKEFLAGS")}
+    env["CALOTWIN_HOME"] = str(home)
+    return env
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory) -> tuple[Path, str]:
+    """A data home filled by `make demo`, and what the demo printed."""
+    home = tmp_path_factory.mktemp("demo") / "calotwin"
+    run = subprocess.run(["make", "demo"], cwd=REPO, env=make_env(home), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return home, run.stdout
+
+
+def test_make_demo_prints_the_summary_and_leaves_data_on_disk(demo_home):
+    home, out = demo_home
+    assert "total: 3 runs" in out and "3500" in out
+    assert f"raw showers (zarr): {home}/data/raw" in out
+    stores = sorted((home / "data" / "raw").glob("*.zarr"))
+    assert [s.name.split("-")[0] for s in stores] == ["file", "mc", "mc"]
+    assert sum(read_showers(str(s), validate=False).sizes["event"] for s in stores) == 3500
+    assert (home / "dagster" / "dagster.yaml").exists()  # DAGSTER_HOME defaults into the data home
+
+
+def test_readme_shows_the_runs_the_demo_makes(demo_home):
+    _, out = demo_home
+    readme = (REPO / "README.md").read_text()
+    for line in out.splitlines():
+        if line.startswith(("mc-", "file-")):
+            key, events = line.split()[:2]
+            assert re.search(rf"^{key}\s+{events}\s", readme, flags=re.M), line
+
+
+def test_make_demo_again_does_no_work_twice(demo_home):
+    home, _ = demo_home
+    stores = {p: p.stat().st_mtime_ns for p in (home / "data" / "raw").glob("*.zarr")}
+    run = subprocess.run(["make", "demo"], cwd=REPO, env=make_env(home), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "total: 3 runs" in run.stdout
+    assert {p: p.stat().st_mtime_ns for p in (home / "data" / "raw").glob("*.zarr")} == stores
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        payload = json.loads(response.read())
+    assert "errors" not in payload, payload
+    return payload["data"]
+
+
+def test_make_ui_serves_the_assets_with_metadata_and_checks(demo_home):
+    home, _ = demo_home
+    port = free_port()
+    log = open(home / "ui.log", "w")  # noqa: SIM115 - closed in finally
+    ui = subprocess.Popen(
+        ["make", "ui", f"PORT={port}"],
+        cwd=REPO,
+        env=make_env(home),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5):
+                    break
+            except OSError:
+                assert ui.poll() is None, (home / "ui.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "dagster dev did not come up"
+                time.sleep(1)
+        nodes = graphql(port, "{ assetNodes { assetKey { path } isPartitioned } }")["assetNodes"]
+        assert {tuple(n["assetKey"]["path"]) for n in nodes} == {("simulation_runs",), ("raw_showers",)}
+        data = graphql(
+            port,
+            """{ assetOrError(assetKey: {path: ["raw_showers"]}) { ... on Asset {
+                 assetMaterializations(limit: 10) { partition metadataEntries { label
+                   ... on IntMetadataEntry { intValue } ... on MarkdownMetadataEntry { mdStr } } } } } }""",
+        )
+        materializations = data["assetOrError"]["assetMaterializations"]
+        assert len({m["partition"] for m in materializations}) == 3
+        entries = {e["label"]: e for e in materializations[0]["metadataEntries"]}
+        assert entries["events"]["intValue"] > 0
+        assert entries["mean_longitudinal_profile"]["mdStr"].startswith("![mean longitudinal profile](data:image/png")
+        checks = graphql(
+            port,
+            """{ assetNodes(assetKeys: [{path: ["raw_showers"]}]) { assetChecksOrError {
+                 ... on AssetChecks { checks { name executionForLatestMaterialization { status } } } } } }""",
+        )["assetNodes"][0]["assetChecksOrError"]["checks"]
+        assert {c["name"]: c["executionForLatestMaterialization"]["status"] for c in checks} == {
+            "schema_and_units": "SUCCEEDED",
+            "finite_non_negative": "SUCCEEDED",
+            "sampling_fraction_consistency": "SUCCEEDED",
+        }
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        try:
+            ui.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait()
+        log.close()
