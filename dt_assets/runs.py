@@ -16,12 +16,12 @@ from typing import Any
 
 import xarray as xr
 
-from .physics.geometry import DEFAULT_GEOMETRY, get_geometry
-from .physics.particles import particle_name, pdg_code
-from .physics.simulator import ENERGY_RANGE_GEV, THETA_RANGE_DEG, simulate_blocks
+from .physics.geometry import DEFAULT_GEOMETRY
+from .physics.particles import particle_name
+from .physics.simulator import RunArguments, simulate_blocks
 from .showers.errors import ShowerDataError
 from .showers.hdf5 import hdf5_blocks
-from .showers.store import iter_blocks, read_showers, sha256_file, url_to_fs
+from .showers.store import iter_blocks, open_store, read_showers, sha256_file, url_to_fs
 
 FILE_LAYOUTS = ("3dgan", "calochallenge", "zarr")
 
@@ -38,22 +38,12 @@ class SimulationSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_events, bool) or not isinstance(self.n_events, int) or self.n_events < 1:
-            raise ValueError(f"n_events must be a positive integer, got {self.n_events!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        for name, (low, high), (lo_ok, hi_ok), unit in (
-            ("energy_gev", self.energy_gev, ENERGY_RANGE_GEV, "GeV"),
-            ("theta_deg", self.theta_deg, THETA_RANGE_DEG, "deg"),
-        ):
-            if low > high:
-                raise ValueError(f"{name} range is reversed: ({low}, {high}); give (low, high)")
-            if low < lo_ok or high > hi_ok:
-                raise ValueError(f"{name} must lie within [{lo_ok}, {hi_ok}] {unit}, got ({low}, {high})")
-        object.__setattr__(self, "energy_gev", (float(self.energy_gev[0]), float(self.energy_gev[1])))
-        object.__setattr__(self, "theta_deg", (float(self.theta_deg[0]), float(self.theta_deg[1])))
-        object.__setattr__(self, "particle", particle_name(pdg_code(self.particle)))
-        get_geometry(self.geometry)
+        run = RunArguments.checked(
+            self.n_events, self.energy_gev, self.theta_deg, self.particle, self.geometry, self.seed
+        )
+        object.__setattr__(self, "energy_gev", run.energy_gev)
+        object.__setattr__(self, "theta_deg", run.theta_deg)
+        object.__setattr__(self, "particle", particle_name(run.particle))
 
     @property
     def key(self) -> str:
@@ -141,9 +131,8 @@ def file_spec(
     if not fs.exists(path):
         raise ShowerDataError(url, "no such file")
     if fs.isdir(path):
-        ds = read_showers(url, storage_options, validate=False)
+        open_store(url, storage_options)  # refuses a store that is incomplete or not a store
         digest = zarr_checksum(url, storage_options)
-        del ds
         return FileSpec(url=url, sha256=digest, layout="zarr", geometry=geometry, particle=particle)
     first = next(hdf5_blocks(url, geometry, particle, storage_options, block_events=1))
     return FileSpec(

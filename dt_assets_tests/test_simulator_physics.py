@@ -246,3 +246,8 @@ def test_bad_simulation_arguments_are_named(kwargs, message):
     args = {"n_events": 10, "energy_gev": 50.0, "theta_deg": 90.0, **kwargs}
     with pytest.raises(ValueError, match=message):
         simulate(**args)
+
+
+def test_streaming_form_checks_arguments_before_the_first_block():
+    with pytest.raises(ValueError, match="theta_deg must lie within"):
+        simulate_blocks(10, 50.0, (30.0, 90.0))  # no iteration needed to see the error

@@ -311,23 +311,60 @@ def simulate_blocks(
 ) -> Iterator[xr.Dataset]:
     """Simulate a run as a stream of datasets of at most :data:`BLOCK_EVENTS` events each.
 
-    Memory stays bounded by one block, whatever ``n_events`` is.
+    Memory stays bounded by one block, whatever ``n_events`` is. Arguments are checked here, before
+    the first block is asked for.
     """
-    if isinstance(n_events, bool) or not isinstance(n_events, (int, np.integer)) or n_events < 1:
-        raise ValueError(f"n_events must be a positive integer, got {n_events!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    geo = get_geometry(geometry)
-    code = pdg_code(particle)
-    _as_range(energy_gev, "energy_gev", ENERGY_RANGE_GEV, "GeV")
-    _as_range(theta_deg, "theta_deg", THETA_RANGE_DEG, "deg")
+    run = RunArguments.checked(n_events, energy_gev, theta_deg, particle, geometry, seed)
     sim = simulator or GFlashSimulator()
-    attrs = {"simulator": sim.name, "simulator_version": sim.version, "seed": int(seed)}
-    for block, first in enumerate(range(0, n_events, BLOCK_EVENTS)):
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=(block,))))
-        conditions = sample_conditions(min(BLOCK_EVENTS, n_events - first), energy_gev, theta_deg, code, rng)
-        deposits = sim.simulate_block(conditions, geo, rng)
-        yield shower_dataset(deposits, conditions.energy_gev, conditions.theta_rad, conditions.particle, geo, attrs)
+    return _blocks(run, sim)
+
+
+def _blocks(run: RunArguments, sim: Simulator) -> Iterator[xr.Dataset]:
+    attrs = {"simulator": sim.name, "simulator_version": sim.version, "seed": run.seed}
+    for block, first in enumerate(range(0, run.n_events, BLOCK_EVENTS)):
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(run.seed, spawn_key=(block,))))
+        n = min(BLOCK_EVENTS, run.n_events - first)
+        conditions = sample_conditions(n, run.energy_gev, run.theta_deg, run.particle, rng)
+        deposits = sim.simulate_block(conditions, run.geometry, rng)
+        yield shower_dataset(
+            deposits, conditions.energy_gev, conditions.theta_rad, conditions.particle, run.geometry, attrs
+        )
+
+
+@dataclass(frozen=True)
+class RunArguments:
+    """The arguments of a simulation run, checked and normalised."""
+
+    n_events: int
+    energy_gev: tuple[float, float]
+    theta_deg: tuple[float, float]
+    particle: int
+    geometry: Geometry
+    seed: int
+
+    @classmethod
+    def checked(
+        cls,
+        n_events: int,
+        energy_gev: Range,
+        theta_deg: Range,
+        particle: str | int,
+        geometry: str | Geometry,
+        seed: int,
+    ) -> RunArguments:
+        """Raise ``ValueError`` naming the argument if any is out of range or of the wrong kind."""
+        if isinstance(n_events, bool) or not isinstance(n_events, (int, np.integer)) or n_events < 1:
+            raise ValueError(f"n_events must be a positive integer, got {n_events!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        return cls(
+            n_events=int(n_events),
+            energy_gev=_as_range(energy_gev, "energy_gev", ENERGY_RANGE_GEV, "GeV"),
+            theta_deg=_as_range(theta_deg, "theta_deg", THETA_RANGE_DEG, "deg"),
+            particle=pdg_code(particle),
+            geometry=get_geometry(geometry),
+            seed=int(seed),
+        )
 
 
 def simulate(
