@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 from scipy.special import gammainc
 
-from ..showers.schema import EVENTS_PER_CHUNK, shower_dataset
+from ..showers.schema import EVENTS_PER_CHUNK, concat_blocks, shower_dataset
 from ..version import __version__
 from . import gflash
 from .geometry import DEFAULT_GEOMETRY, Geometry, get_geometry
@@ -380,13 +380,6 @@ def simulate(
     ``energy_gev`` (GeV) and ``theta_deg`` (degrees, 90 = perpendicular to the face) take a number
     or a ``(low, high)`` range sampled uniformly. Returns a dataset of the CaloTwin schema.
     """
-    blocks = list(simulate_blocks(n_events, energy_gev, theta_deg, particle, geometry, seed))
-    ds = (
-        blocks[0]
-        if len(blocks) == 1
-        else xr.concat(
-            blocks, dim="event", data_vars="minimal", coords="minimal", compat="override", combine_attrs="override"
-        )
-    )
+    ds = concat_blocks(list(simulate_blocks(n_events, energy_gev, theta_deg, particle, geometry, seed)))
     ds.attrs["n_events"] = int(n_events)
     return ds

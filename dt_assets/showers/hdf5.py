@@ -17,6 +17,7 @@ energies, truncation), and any problem raises :class:`ShowerDataError` naming th
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -30,7 +31,15 @@ from fsspec.implementations.local import LocalFileSystem
 from ..physics.geometry import Geometry, geometry_for_cells, geometry_for_shape, get_geometry
 from ..physics.particles import pdg_code
 from .errors import ShowerDataError
-from .schema import DEPOSIT, EVENTS_PER_CHUNK, check_deposits, dataset_geometry, shower_dataset, validate_showers
+from .schema import (
+    DEPOSIT,
+    EVENTS_PER_CHUNK,
+    check_deposits,
+    concat_blocks,
+    dataset_geometry,
+    shower_dataset,
+    validate_showers,
+)
 from .store import iter_blocks, sha256_file, url_to_fs
 
 LAYOUTS = ("3dgan", "calochallenge")
@@ -142,10 +151,11 @@ class _Reader:
     def _geometry(self, geometry: str | Geometry | None, grid: tuple[int, ...] | None) -> Geometry:
         if geometry is not None:
             geo = get_geometry(geometry)
-        elif "geometry_json" in self.h5.attrs:
-            geo = dataset_geometry(
-                xr.Dataset(attrs={"geometry_json": _text(self.h5.attrs["geometry_json"]), "geometry": ""})
-            )
+        elif "geometry_json" in self.h5.attrs:  # written by CaloTwin
+            try:
+                geo = Geometry.from_dict(json.loads(_text(self.h5.attrs["geometry_json"])))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ShowerDataError(self.source, f"bad geometry description: {exc}") from None
         elif grid is not None:
             try:
                 geo = geometry_for_shape(grid)  # type: ignore[arg-type]
@@ -210,10 +220,7 @@ def read_hdf5(
     storage_options: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """Read a whole 3DGAN or CaloChallenge HDF5 file into memory, with its SHA-256 in the attributes."""
-    blocks = list(hdf5_blocks(url, geometry, particle, storage_options))
-    ds = xr.concat(
-        blocks, dim="event", data_vars="minimal", coords="minimal", compat="override", combine_attrs="override"
-    )
+    ds = concat_blocks(list(hdf5_blocks(url, geometry, particle, storage_options)))
     ds.attrs["source_sha256"] = sha256_file(url, storage_options)
     return ds
 

@@ -91,6 +91,15 @@ def shower_dataset(
     return ds
 
 
+def concat_blocks(blocks: list[xr.Dataset]) -> xr.Dataset:
+    """Join blocks of one run along ``event`` (attributes of the first block)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    return xr.concat(
+        blocks, dim="event", data_vars="minimal", coords="minimal", compat="override", combine_attrs="override"
+    )
+
+
 def geometry_coords(geometry: Geometry) -> dict[str, tuple]:
     """The coordinate variables of a geometry's cell grid."""
     return {
