@@ -136,6 +136,12 @@ def test_hdf5_round_trip(small_showers, tmp_path, layout):
     assert back.attrs["source_layout"] == layout and len(back.attrs["source_sha256"]) == 64
 
 
+def test_hdf5_on_an_fsspec_url(small_showers, tmp_path):
+    url = f"memory://h5-{tmp_path.name}/showers.h5"
+    write_hdf5(small_showers, url, layout="3dgan")
+    assert_same_showers(small_showers, read_hdf5(url), rtol=1e-6)
+
+
 def test_3dgan_file_holds_the_reference_keys_in_gev(small_showers, tmp_path):
     path = tmp_path / "g.h5"
     write_hdf5(small_showers, str(path), layout="3dgan")
