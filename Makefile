@@ -44,3 +44,4 @@ ui: install ## Start the Dagster UI (dagster dev) on http://127.0.0.1:3000 (set 
 bench: install ## Run the benchmarks in bench/ (prints tables and JSON lines)
 	$(PY) bench/simulate.py
 	$(PY) bench/codecs.py
+	$(PY) bench/ingest.py

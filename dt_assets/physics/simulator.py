@@ -2,8 +2,8 @@
 
 Per event it draws the correlated longitudinal parameters (ln T, ln alpha), a photon's first
 conversion depth, then walks the shower axis in steps of one layer (or of a fraction of a layer,
-so that no step is longer than 1 X0). Each step gets its share of the
-energy (Gamma profile), its sampling fluctuation (Gamma-distributed, 0.11 sqrt(dE/GeV)) and its
+so that no step is much longer than 1 X0). Each step gets its share of the energy (Gamma
+profile), its sampling fluctuation (Gamma-distributed, sigma/dE = 0.11 / sqrt(dE/GeV)) and its
 number of energy spots (spot profile); every spot gets a depth inside the step, a radius from the
 two-component radial profile and a uniform azimuth, and its visible energy is added to the cell it
 falls in. Everything is vectorised over events and spots with NumPy; no Python loop runs per spot.
@@ -93,7 +93,7 @@ class GFlashSimulator(Simulator):
         return out
 
     def shower_steps(self, conditions: Conditions, geometry: Geometry, rng: np.random.Generator) -> ShowerSteps:
-        """Per event and per longitudinal step (one layer along the axis): energy, spots, radial shape."""
+        """Per event and per longitudinal step along the axis: visible energy, spots, radial shape."""
         tuning = self.tuning
         energy_gev = np.asarray(conditions.energy_gev, dtype=np.float64)
         n = len(energy_gev)
