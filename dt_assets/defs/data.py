@@ -52,7 +52,7 @@ def simulation_runs(
     to_add = sorted({spec.key for spec in specs} - known)
     if to_add:
         context.instance.add_dynamic_partitions(simulation_runs_partitions.name, to_add)
-    context.log.info(f"registered {len(new_specs)} new run(s), {len(specs) - len(new_specs)} already known: {to_add}")
+    context.log.info(f"{len(new_specs)} new run(s), {len(specs) - len(new_specs)} known; partitions added: {to_add}")
     return dg.MaterializeResult(
         metadata={
             "runs": dg.MetadataValue.table(
