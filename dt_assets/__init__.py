@@ -4,6 +4,7 @@ The public Python API. None of it imports Dagster; the Dagster layer lives in
 ``dt_assets.defs`` and ``dt_assets.definitions``.
 """
 
+from .model.generation import build_generator, generate, load_generator
 from .physics.geometry import GEOMETRIES, Geometry, get_geometry
 from .physics.simulator import GFlashSimulator, Simulator, simulate, simulate_blocks
 from .showers.errors import ShowerDataError
@@ -18,7 +19,10 @@ __all__ = [
     "ShowerDataError",
     "Simulator",
     "__version__",
+    "build_generator",
+    "generate",
     "get_geometry",
+    "load_generator",
     "read_hdf5",
     "read_showers",
     "simulate",

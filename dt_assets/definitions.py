@@ -2,13 +2,15 @@
 
 import dagster as dg
 
-from resources import storage_from_env
+from resources import storage_from_env, tracking_resource
 
 from .defs.data import raw_showers, simulation_runs
-from .defs.jobs import ingest_runs_job, register_runs_job
+from .defs.jobs import ingest_runs_job, register_runs_job, train_job
+from .defs.model import gan_model
+from .defs.preprocess import preprocessed_showers, training_set
 
 defs = dg.Definitions(
-    assets=[simulation_runs, raw_showers],
-    jobs=[register_runs_job, ingest_runs_job],
-    resources={"storage": storage_from_env()},
+    assets=[simulation_runs, raw_showers, preprocessed_showers, training_set, gan_model],
+    jobs=[register_runs_job, ingest_runs_job, train_job],
+    resources={"storage": storage_from_env(), "mlflow": tracking_resource()},
 )

@@ -25,8 +25,42 @@ def longitudinal_profile_png(summary: ShowerSummary, title: str = "") -> bytes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        return buffer.getvalue()
+        return _png(fig)
     finally:
         plt.close(fig)
+
+
+def loss_curves_png(history: list[dict[str, float]], title: str = "3DGAN losses") -> bytes:
+    """Per-epoch losses (discriminator on real and fake, generator, validation) on a log scale."""
+    fig, (losses, energy) = plt.subplots(1, 2, figsize=(9.0, 3.4), dpi=100)
+    try:
+        epochs = [h["epoch"] + 1 for h in history]
+        for key, label in (("d_real", "D real"), ("d_fake", "D fake"), ("g", "G"), ("val_g", "G validation")):
+            values = [h.get(key) for h in history]
+            if all(v is not None for v in values):
+                losses.plot(epochs, values, marker="o", markersize=3, label=label)
+        losses.set_yscale("log")
+        losses.set_xlabel("epoch")
+        losses.set_ylabel("weighted loss")
+        losses.legend(fontsize=7)
+        losses.grid(alpha=0.3)
+        for key, label in (("val_esum_over_ep_mc", "MC"), ("val_esum_over_ep_gan", "GAN")):
+            values = [h.get(key) for h in history]
+            if all(v is not None for v in values):
+                energy.plot(epochs, values, marker="o", markersize=3, label=label)
+        energy.set_yscale("log")
+        energy.set_xlabel("epoch")
+        energy.set_ylabel("E_sum / E_p (validation)")
+        energy.legend(fontsize=7)
+        energy.grid(alpha=0.3)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        return _png(fig)
+    finally:
+        plt.close(fig)
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

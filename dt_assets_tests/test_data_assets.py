@@ -47,21 +47,36 @@ def ingest(instance, storage, key, raise_on_error=True):
 
 def test_definitions_load_with_the_pinned_graph():
     repo = defs.get_repository_def()
-    assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == {"simulation_runs", "raw_showers"}
-    assert {(k.asset_key.to_user_string(), k.name) for k in repo.asset_graph.asset_check_keys} == {
+    graph = repo.asset_graph
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "simulation_runs",
+        "raw_showers",
+        "preprocessed_showers",
+        "training_set",
+        "gan_model",
+    }
+    assert {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys} == {
         ("raw_showers", "schema_and_units"),
         ("raw_showers", "finite_non_negative"),
         ("raw_showers", "sampling_fraction_consistency"),
     }
-    assert {j.name for j in repo.get_all_jobs()} - {"__ASSET_JOB"} == {"register_runs", "ingest_runs"}
+    lineage = {
+        "raw_showers": {"simulation_runs"},
+        "preprocessed_showers": {"raw_showers"},
+        "training_set": {"preprocessed_showers"},
+        "gan_model": {"training_set"},
+    }
+    for child, parents in lineage.items():
+        assert {k.to_user_string() for k in graph.get(dg.AssetKey(child)).parent_keys} == parents, child
+    for partitioned in ("raw_showers", "preprocessed_showers"):
+        assert graph.get(dg.AssetKey(partitioned)).partitions_def.name == "simulation_runs"
+    assert {j.name for j in repo.get_all_jobs()} - {"__ASSET_JOB"} == {"register_runs", "ingest_runs", "train_gan"}
     assert not list(repo.schedule_defs)
     # the sensor that evaluates raw_showers' on_missing() condition exists and is off until a user turns it on
     (sensor,) = repo.sensor_defs
     assert sensor.name == "default_automation_condition_sensor"
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
-    assert repo.asset_graph.get(dg.AssetKey("raw_showers")).partitions_def.name == "simulation_runs"
-    assert dg.AssetKey("simulation_runs") in repo.asset_graph.get(dg.AssetKey("raw_showers")).parent_keys
-    assert set(defs.resources) == {"storage"}
+    assert set(defs.resources) == {"storage", "mlflow"}
 
 
 def test_registering_the_same_run_twice_makes_one_partition(home, instance):

@@ -23,7 +23,8 @@ STORAGE_URL_ENV = "CALOTWIN_STORAGE_URL"
 
 
 class StorageResource(ConfigurableResource):
-    """A root location with a fixed layout: ``data/raw/<run>.zarr``, ``data/runs/<run>.json``, ..."""
+    """A root location with a fixed layout: ``data/raw/<run>.zarr``, ``data/runs/<run>.json``,
+    ``data/preprocessed/<run>.zarr``, ``data/training_set.json``, ``checkpoints/<training>/``."""
 
     @abstractmethod
     def root_url(self) -> str:
@@ -42,6 +43,15 @@ class StorageResource(ConfigurableResource):
 
     def run_spec_url(self, run_key: str) -> str:
         return self.url("data", "runs", f"{run_key}.json")
+
+    def preprocessed_url(self, run_key: str) -> str:
+        return self.url("data", "preprocessed", f"{run_key}.zarr")
+
+    def training_set_url(self) -> str:
+        return self.url("data", "training_set.json")
+
+    def checkpoint_dir(self, training_key: str) -> str:
+        return self.url("checkpoints", training_key)
 
     def exists(self, url: str) -> bool:
         fs, path = url_to_fs(url, self.options())

@@ -7,6 +7,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field, field_validator, model_validator
 
+from ..model.train import TrainConfig
 from ..physics.geometry import DEFAULT_GEOMETRY, GEOMETRIES
 from ..physics.simulator import ENERGY_RANGE_GEV, THETA_RANGE_DEG
 from ..runs import SimulationSpec
@@ -87,3 +88,62 @@ class SimulationRunsConfig(dg.Config):
         default_factory=lambda: [SimulationConfig()], description="Monte Carlo runs to register."
     )
     import_files: list[ImportFileConfig] = Field(default_factory=list, description="External files to register.")
+
+
+class PreprocessConfig(dg.Config):
+    """The 3DGAN preprocessing of one run (defaults: the reference's)."""
+
+    threshold_gev: float = Field(default=1e-4, ge=0, description="Cells below this energy (GeV) are set to 0.")
+    power: float = Field(default=0.85, gt=0, le=1, description="Cell energies are scaled as E^power.")
+    min_total_gev: float = Field(default=1e-3, ge=0, description="Events with less visible energy (GeV) are dropped.")
+    train_fraction: float = Field(default=0.8, gt=0, lt=1, description="Fraction of events in the training split.")
+    validation_fraction: float = Field(
+        default=0.1, ge=0, lt=1, description="Fraction in the validation split; the rest is the test split."
+    )
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> PreprocessConfig:
+        if self.train_fraction + self.validation_fraction > 1:
+            raise ValueError(
+                f"train_fraction + validation_fraction = {self.train_fraction + self.validation_fraction} exceeds 1"
+            )
+        return self
+
+    def fractions(self) -> tuple[float, float, float]:
+        return (self.train_fraction, self.validation_fraction, 1.0 - self.train_fraction - self.validation_fraction)
+
+
+class GanModelConfig(dg.Config):
+    """Training of the 3DGAN. Defaults suit a CPU and the small preset; the reference trains the
+    51x51x25 model with learning rates 1e-3 on GPUs."""
+
+    geometry: str = Field(default="small_ecal_15x15x12", description="Geometry preset; trains on its runs only.")
+    epochs: int = Field(default=4, ge=1, description="Epochs (passes over the training split).")
+    batch_size: int = Field(default=32, ge=2, description="Events per batch (per process under DDP).")
+    max_steps_per_epoch: int = Field(default=0, ge=0, description="Cap on steps per epoch; 0 means a full pass.")
+    lr_generator: float = Field(default=3e-4, gt=0, description="RMSprop learning rate of the generator.")
+    lr_discriminator: float = Field(default=3e-4, gt=0, description="RMSprop learning rate of the discriminator.")
+    weight_real_fake: float = Field(default=3.0, ge=0, description="Loss weight of the real/fake BCE term.")
+    weight_energy: float = Field(default=0.1, ge=0, description="Loss weight of the energy-regression MAPE.")
+    weight_angle: float = Field(default=25.0, ge=0, description="Loss weight of the angle L1 term.")
+    weight_total: float = Field(default=0.1, ge=0, description="Loss weight of the energy-sum MAPE.")
+    label_flip: float = Field(default=0.05, ge=0, lt=0.5, description="Probability of flipping a real/fake label.")
+    seed: int = Field(default=0, ge=0, description="Random seed (weights, noise, data order).")
+    warm_start: str = Field(
+        default="", description="Start from this model: models:/name@alias, models:/name/N or a checkpoint path."
+    )
+    registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
+
+    _check_geometry = field_validator("geometry")(_known_geometry)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr_generator=self.lr_generator,
+            lr_discriminator=self.lr_discriminator,
+            loss_weights=(self.weight_real_fake, self.weight_energy, self.weight_angle, self.weight_total),
+            label_flip=self.label_flip,
+            seed=self.seed,
+            max_steps_per_epoch=self.max_steps_per_epoch or None,
+        )

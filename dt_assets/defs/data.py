@@ -1,6 +1,5 @@
 """Data-stage assets: the catalogue of simulation runs and the raw shower store of each run."""
 
-import base64
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +16,7 @@ from ..showers.store import store_size_bytes, write_showers
 from ..showers.summary import ShowerSummary, summarised
 from .configs import SimulationRunsConfig
 from .data_checks import raw_showers_check_results, raw_showers_check_specs
+from .metadata import image
 from .partitions import simulation_runs_partitions
 
 
@@ -141,9 +141,7 @@ def raw_showers(context: dg.AssetExecutionContext, storage: StorageResource) -> 
             "energy_range_gev": f"{summary.energy_range_gev[0]:.1f}-{summary.energy_range_gev[1]:.1f}",
             "theta_range_deg": "{:.1f}-{:.1f}".format(*np.rad2deg(summary.theta_range_rad)),
             "mean_visible_over_expected": round(summary.mean_visible_ratio, 4),
-            "mean_longitudinal_profile": dg.MetadataValue.md(
-                f"![mean longitudinal profile](data:image/png;base64,{base64.b64encode(png).decode()})"
-            ),
+            "mean_longitudinal_profile": image(png, "mean longitudinal profile"),
             "compression_ratio": round(summary.n_events * summary.cells_per_event * 4 / max(size, 1), 1),
         },
     )

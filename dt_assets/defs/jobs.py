@@ -7,6 +7,12 @@ register_runs_job = dg.define_asset_job(
 )
 ingest_runs_job = dg.define_asset_job(
     "ingest_runs",
-    selection=dg.AssetSelection.assets("raw_showers"),
-    description="Simulate or import the raw showers of registered runs (one partition per run), with their checks.",
+    selection=dg.AssetSelection.assets("raw_showers", "preprocessed_showers"),
+    description="Simulate or import the raw showers of registered runs (one partition per run), with their "
+    "checks, and preprocess them.",
+)
+train_job = dg.define_asset_job(
+    "train_gan",
+    selection=dg.AssetSelection.assets("training_set", "gan_model"),
+    description="Rebuild the training set from the preprocessed runs and train, log and register a 3DGAN.",
 )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import fsspec
@@ -39,17 +39,20 @@ def url_to_fs(url: str, storage_options: Mapping[str, Any] | None = None) -> tup
     return fsspec.core.url_to_fs(str(url), **dict(storage_options or {}))
 
 
-def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    shape = ds[DEPOSIT].shape
-    return {
-        DEPOSIT: {
-            "chunks": (EVENTS_PER_CHUNK, *shape[1:]),
-            # showers are sparse: byte-shuffled zstd packs them about 50x, at about 700 MB/s per core
-            # (bench/README.md has the codec comparison)
-            "compressors": [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
-        },
-        **{name: {"chunks": (EVENTS_PER_CHUNK * 64,)} for name in ("primary_energy", "theta", "particle")},
-    }
+def shower_encoding(ds: xr.Dataset, chunked: tuple[str, ...] = (DEPOSIT,)) -> dict[str, dict[str, Any]]:
+    """Zarr encoding: per-event variables in chunks of events; ``chunked`` cell arrays compressed."""
+    encoding: dict[str, dict[str, Any]] = {}
+    for name, variable in ds.data_vars.items():
+        if name in chunked:
+            encoding[name] = {
+                "chunks": (EVENTS_PER_CHUNK, *variable.shape[1:]),
+                # showers are sparse: byte-shuffled zstd packs them about 50x, at about 700 MB/s per core
+                # (bench/README.md has the codec comparison)
+                "compressors": [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
+            }
+        elif variable.dims == ("event",):
+            encoding[name] = {"chunks": (EVENTS_PER_CHUNK * 64,)}
+    return encoding
 
 
 def write_showers(
@@ -64,16 +67,34 @@ def write_showers(
     Each block is validated before it is written. ``attrs`` are added to the store's attributes
     (for provenance known only at the end, such as a checksum). Returns ``url``.
     """
+    return write_blocks(data, url, storage_options, overwrite, attrs, validate=validate_showers)
+
+
+def write_blocks(
+    data: xr.Dataset | Iterable[xr.Dataset],
+    url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    attrs: Mapping[str, Any] | None = None,
+    validate: Callable[..., None] | None = None,
+    encoding: Callable[[xr.Dataset], dict[str, dict[str, Any]]] = shower_encoding,
+) -> str:
+    """Write a dataset, or a stream of blocks along ``event``, atomically to a zarr v3 store.
+
+    ``validate(block, source, first_event=...)`` runs on each block before it is written;
+    ``encoding(first_block)`` gives the zarr encoding.
+    """
     fs, path = url_to_fs(url, storage_options)
     if fs.exists(path) and not overwrite:
         raise FileExistsError(f"{url}: a store already exists there (pass overwrite=True to replace it)")
     blocks = [data] if isinstance(data, xr.Dataset) else data
+    writer = _BlockWriter(url, attrs, validate, encoding)
     if isinstance(fs, LocalFileSystem):
         parent, name = path.rsplit("/", 1) if "/" in path else (".", path)
         fs.makedirs(parent, exist_ok=True)
         tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
         try:
-            _write_blocks(blocks, tmp, {}, url, attrs)
+            writer.write(blocks, tmp, {})
             _replace(fs, tmp, path)
         finally:
             if fs.exists(tmp):
@@ -81,50 +102,55 @@ def write_showers(
     else:
         if fs.exists(path):
             fs.rm(path, recursive=True)
-        _write_blocks(blocks, url, storage_options or {}, url, attrs)
+        writer.write(blocks, url, storage_options or {})
     return url
 
 
-def _write_blocks(
-    blocks: Iterable[xr.Dataset],
-    target: str,
-    storage_options: Mapping[str, Any],
-    source: str,
-    attrs: Mapping[str, Any] | None,
-) -> None:
-    n_events = 0
-    so = dict(storage_options) or None
-    first_attrs: dict[str, Any] = {}
-    for block in blocks:
-        validate_showers(block, source, first_event=n_events)
-        block = block.copy()
+class _BlockWriter:
+    def __init__(
+        self,
+        source: str,
+        attrs: Mapping[str, Any] | None,
+        validate: Callable[..., None] | None,
+        encoding: Callable[[xr.Dataset], dict[str, dict[str, Any]]],
+    ):
+        self.source, self.attrs, self.validate, self.encoding = source, attrs, validate, encoding
+
+    def write(self, blocks: Iterable[xr.Dataset], target: str, storage_options: Mapping[str, Any]) -> None:
+        n_events = 0
+        so = dict(storage_options) or None
+        first_attrs: dict[str, Any] = {}
+        for block in blocks:
+            if self.validate is not None:
+                self.validate(block, self.source, first_event=n_events)
+            block = block.copy()
+            if n_events == 0:
+                block.attrs[WRITE_STATE] = "in-progress"
+                first_attrs = dict(block.attrs)
+                block.to_zarr(
+                    target,
+                    mode="w",
+                    zarr_format=3,
+                    consolidated=False,
+                    encoding=self.encoding(block),
+                    write_empty_chunks=True,
+                    storage_options=so,
+                )
+            elif block.sizes["event"]:
+                block.attrs = first_attrs  # an append rewrites the store's attributes: keep the first block's
+                block.to_zarr(
+                    target,
+                    append_dim="event",
+                    zarr_format=3,
+                    consolidated=False,
+                    write_empty_chunks=True,
+                    storage_options=so,
+                )
+            n_events += block.sizes["event"]
         if n_events == 0:
-            block.attrs[WRITE_STATE] = "in-progress"
-            first_attrs = dict(block.attrs)
-            block.to_zarr(
-                target,
-                mode="w",
-                zarr_format=3,
-                consolidated=False,
-                encoding=_encoding(block),
-                write_empty_chunks=True,
-                storage_options=so,
-            )
-        else:
-            block.attrs = first_attrs  # an append rewrites the store's attributes: keep the first block's
-            block.to_zarr(
-                target,
-                append_dim="event",
-                zarr_format=3,
-                consolidated=False,
-                write_empty_chunks=True,
-                storage_options=so,
-            )
-        n_events += block.sizes["event"]
-    if n_events == 0:
-        raise ShowerDataError(source, "nothing to write: no events")
-    group = zarr.open_group(target, mode="r+", storage_options=so)
-    group.attrs.update({**dict(attrs or {}), "n_events": n_events, WRITE_STATE: "complete"})
+            raise ShowerDataError(self.source, "nothing to write: no events")
+        group = zarr.open_group(target, mode="r+", storage_options=so)
+        group.attrs.update({**dict(self.attrs or {}), "n_events": n_events, WRITE_STATE: "complete"})
 
 
 def _replace(fs: LocalFileSystem, tmp: str, path: str) -> None:

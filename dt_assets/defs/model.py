@@ -1,0 +1,124 @@
+"""Model stage: the trained 3DGAN, tracked in MLflow and registered as a new model version."""
+
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+
+from ..model.gan3d import parameter_count
+from ..model.manifest import runs_for, training_key
+from ..model.registry import log_generator, set_alias
+from ..model.stream import TrainingData
+from ..model.train import EpochReport, train
+from ..physics.geometry import get_geometry
+from ..plots import loss_curves_png
+from .configs import GanModelConfig
+from .metadata import image
+from .preprocess import training_set
+
+CHALLENGER = "challenger"
+
+
+def epoch_logger(context: dg.AssetExecutionContext):
+    """An epoch callback: progress in the Dagster log, metrics in the active MLflow run."""
+
+    def log(report: EpochReport) -> None:
+        m = report.metrics
+        losses = ", ".join(f"{k} {m[k]:.3g}" for k in ("d_real", "d_fake", "g", "val_g") if k in m)
+        esum = ""
+        if "val_esum_over_ep_gan" in m:
+            esum = f", E_sum/E_p GAN {m['val_esum_over_ep_gan']:.4f} vs MC {m['val_esum_over_ep_mc']:.4f}"
+        context.log.info(
+            f"epoch {report.epoch + 1}/{report.epochs}: {losses}{esum}; {report.samples_per_second:.1f} samples/s, "
+            f"{report.seconds:.0f} s, ETA {report.eta_seconds:.0f} s"
+        )
+        mlflow.log_metrics(
+            {**{k: float(v) for k, v in m.items() if k != "epoch"}, "samples_per_second": report.samples_per_second},
+            step=report.epoch,
+        )
+
+    return log
+
+
+@dg.asset(
+    deps=[training_set],
+    required_resource_keys={"mlflow", "storage"},
+    group_name="model",
+    kinds={"pytorch", "mlflow"},
+    description="The 3DGAN trained on the training set's runs of one geometry, checkpointed every epoch "
+    "(a restarted training resumes), logged to MLflow and registered as a new version (alias 'challenger').",
+)
+def gan_model(context: dg.AssetExecutionContext, config: GanModelConfig) -> dg.MaterializeResult:
+    storage = context.resources.storage
+    if not storage.exists(storage.training_set_url()):
+        raise dg.Failure("no training set yet: materialize preprocessed_showers and training_set first")
+    runs = runs_for(storage.read_json(storage.training_set_url()), config.geometry)
+    if not runs:
+        raise dg.Failure(f"the training set has no preprocessed run on geometry {config.geometry!r}")
+    train_config = config.train_config()
+    key = training_key({**train_config.to_dict(), "warm_start": config.warm_start}, runs, config.geometry)
+    checkpoint_dir = storage.checkpoint_dir(key)
+    partitions = ",".join(sorted(r["run"] for r in runs))
+    data = TrainingData([r["url"] for r in runs], storage.options())
+    context.log.info(
+        f"training on {data.n_events()} events of {len(runs)} run(s) ({partitions}); checkpoints in {checkpoint_dir}"
+    )
+    mlflow.log_params(
+        {**config.model_dump(), "training_key": key, "train_events": data.n_events(), "partitions": partitions}
+    )
+    try:
+        result = train(
+            data,
+            train_config,
+            checkpoint_dir,
+            get_geometry(config.geometry),
+            storage_options=storage.options(),
+            warm_start=config.warm_start or None,
+            callbacks=[epoch_logger(context)],
+        )
+        if result.resumed_from_epoch:
+            context.log.info(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}")
+        png = loss_curves_png(result.history, title=f"3DGAN on {config.geometry}")
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "loss_curves.png").write_bytes(png)
+            mlflow.log_artifact(str(Path(tmp) / "loss_curves.png"))
+        version = log_generator(
+            result.generator,
+            config.registered_model_name,
+            tags={
+                "dagster_run_id": context.run_id,
+                "partitions": partitions,
+                "geometry": config.geometry,
+                "training_key": key,
+                "checkpoint": result.checkpoint_url,
+            },
+        )
+        set_alias(CHALLENGER, version.version, config.registered_model_name)
+        mlflow_run_id = mlflow.active_run().info.run_id
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run()
+    final = result.history[-1]
+    model_uri = f"models:/{config.registered_model_name}/{version.version}"
+    context.log.info(f"registered {model_uri} (alias {CHALLENGER}), MLflow run {mlflow_run_id}")
+    return dg.MaterializeResult(
+        metadata={
+            "model_uri": model_uri,
+            "model_version": int(version.version),
+            "mlflow_run_id": mlflow_run_id,
+            "partitions": partitions,
+            "checkpoint": dg.MetadataValue.path(result.checkpoint_url),
+            "generator_parameters": parameter_count(result.generator),
+            "discriminator_parameters": parameter_count(result.discriminator),
+            "epochs_trained": len(result.history) - result.resumed_from_epoch,
+            "device": result.device,
+            **{
+                k: round(float(final[k]), 5)
+                for k in ("g", "val_g", "val_esum_over_ep_gan", "val_esum_over_ep_mc")
+                if k in final
+            },
+            "loss_curves": image(png, "loss curves"),
+        }
+    )

@@ -1,0 +1,1 @@
+"""The 3DGAN: architecture, preprocessing, streaming data, training, generation and the model registry."""

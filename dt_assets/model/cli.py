@@ -1,0 +1,98 @@
+"""Command line for training, the entry point for torchrun, Slurm and pods.
+
+    python -m dt_assets.model.cli train --data STORE.zarr [STORE.zarr ...] --checkpoint DIR \\
+        --geometry small_ecal_15x15x12 --epochs 2 --batch-size 32
+
+    torchrun --nproc_per_node 2 -m dt_assets.model.cli train ...   # DDP, gloo on CPU, NCCL on GPUs
+
+``--report FILE`` writes, per rank (``FILE`` with ``{rank}`` filled in), a JSON line with the rank, the
+world size, the device, a checksum of the generator's weights and the loss history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+from ..physics.geometry import get_geometry
+from .stream import TrainingData
+from .train import Distributed, EpochReport, TrainConfig, train
+
+
+def weights_checksum(module: torch.nn.Module) -> str:
+    """SHA-256 of the trainable parameters (DDP keeps these identical on every rank)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.named_parameters()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dt_assets.model.cli", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("train", help="train a 3DGAN on preprocessed stores")
+    p.add_argument("--data", nargs="+", required=True, help="preprocessed zarr stores")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (resumes if it holds one)")
+    p.add_argument("--geometry", required=True)
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr-generator", type=float, default=TrainConfig.lr_generator)
+    p.add_argument("--lr-discriminator", type=float, default=TrainConfig.lr_discriminator)
+    p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
+    p.add_argument("--warm-start", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--report", default=None, help="JSON report per rank; '{rank}' is replaced")
+    args = parser.parse_args(argv)
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr_generator=args.lr_generator,
+        lr_discriminator=args.lr_discriminator,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+        seed=args.seed,
+    )
+    ctx = Distributed.from_env()
+
+    def progress(report: EpochReport) -> None:
+        losses = ", ".join(f"{k} {report.metrics[k]:.3g}" for k in ("d_real", "d_fake", "g") if k in report.metrics)
+        print(
+            f"epoch {report.epoch + 1}/{report.epochs}: {losses}; {report.samples_per_second:.0f} samples/s, "
+            f"ETA {report.eta_seconds:.0f} s",
+            flush=True,
+        )
+
+    result = train(
+        TrainingData(args.data),
+        config,
+        args.checkpoint,
+        get_geometry(args.geometry),
+        warm_start=args.warm_start,
+        callbacks=[progress],
+        device=args.device,
+    )
+    if args.report:
+        record = {
+            "rank": ctx.rank,
+            "world_size": ctx.world_size,
+            "device": result.device,
+            "generator_checksum": weights_checksum(result.generator),
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "history": result.history,
+        }
+        with open(args.report.format(rank=ctx.rank), "w") as handle:
+            handle.write(json.dumps(record) + "\n")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The usable generator: a 3DGAN generator with its geometry and transform, saved without pickle.
+
+``build_generator(geometry)`` makes an untrained one; ``generate(generator, n, energy, theta)``
+returns showers in the schema and units of :func:`dt_assets.simulate` (the preprocessing is
+inverted), so MC and GAN output are interchangeable. Files hold ``{"spec": <json>, "generator":
+<tensors>}`` (training checkpoints hold more keys beside these) and load with
+``torch.load(weights_only=True)``: no arbitrary pickle runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from ..physics.geometry import DEFAULT_GEOMETRY, Geometry, get_geometry
+from ..physics.particles import pdg_code
+from ..physics.simulator import RunArguments, sample_conditions
+from ..showers.schema import EVENTS_PER_CHUNK, concat_blocks, shower_dataset
+from ..showers.store import atomic_file, url_to_fs
+from .gan3d import Architecture, Generator, architecture_for
+from .preprocess import Transform
+
+GENERATOR_FILE = "generator.pt"
+
+
+class CaloGenerator(nn.Module):
+    """A 3DGAN generator that knows its geometry, architecture and preprocessing transform."""
+
+    def __init__(self, geometry: Geometry, arch: Architecture | None = None, transform: Transform | None = None):
+        super().__init__()
+        self.geometry = geometry
+        self.arch = arch or architecture_for(geometry)
+        self.transform = transform or Transform()
+        self.net = Generator(self.arch)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent [E_p/100, theta, noise] (N, 256) to power-scaled cells (N, 1, x, y, z)."""
+        return self.net(latent)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "geometry": self.geometry.to_dict(),
+            "architecture": self.arch.to_dict(),
+            "transform": self.transform.to_dict(),
+        }
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> CaloGenerator:
+        return cls(
+            Geometry.from_dict(spec["geometry"]),
+            Architecture.from_dict(spec["architecture"]),
+            Transform.from_dict(spec["transform"]),
+        )
+
+    def latent(self, energy_gev: torch.Tensor, theta_rad: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        noise = torch.randn((len(energy_gev), self.arch.latent_size - 2), generator=generator, device=energy_gev.device)
+        energy = (energy_gev / self.transform.energy_scale_gev).float()
+        if self.arch.noise_times_energy:
+            noise = noise * energy[:, None]
+        return torch.cat([torch.stack([energy, theta_rad.float()], dim=1), noise], dim=1)
+
+
+def build_generator(geometry: str | Geometry = DEFAULT_GEOMETRY) -> CaloGenerator:
+    """The untrained generator for a geometry preset (the reference architecture for the default)."""
+    return CaloGenerator(get_geometry(geometry))
+
+
+def generator_payload(generator: CaloGenerator) -> dict[str, Any]:
+    """The generator as plain data: a JSON spec and a state dict of CPU tensors."""
+    state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
+    return {"spec": json.dumps(generator.spec(), sort_keys=True), "generator": state}
+
+
+def generator_bytes(generator: CaloGenerator) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(generator_payload(generator), buffer)
+    return buffer.getvalue()
+
+
+def save_generator(generator: CaloGenerator, url: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Write the generator file atomically to a path or fsspec URL."""
+    with atomic_file(url, storage_options) as handle:
+        handle.write(generator_bytes(generator))
+    return url
+
+
+def generator_from_bytes(data: bytes, source: str = "generator file") -> CaloGenerator:
+    """Rebuild a generator from a generator file or a training checkpoint, with ``weights_only=True``."""
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        generator = CaloGenerator.from_spec(json.loads(payload["spec"]))
+        generator.load_state_dict(payload["generator"])
+    except Exception as exc:  # torch raises several types for a file that is not a generator
+        raise ValueError(f"{source}: not a CaloTwin generator file ({type(exc).__name__}: {exc})") from None
+    return generator.eval()
+
+
+def load_generator(model_uri: str, storage_options: Mapping[str, Any] | None = None) -> CaloGenerator:
+    """Load a generator from ``models:/name@alias``, ``models:/name/N``, a checkpoint or a generator file.
+
+    Registry URIs are resolved by MLflow (the current tracking URI). Checkpoints written by the
+    training loop hold the generator too. Weights load with ``weights_only=True``.
+    """
+    if model_uri.startswith("models:/"):
+        from .registry import download_generator  # MLflow is imported only for registry URIs
+
+        return download_generator(model_uri)
+    fs, path = url_to_fs(model_uri, storage_options)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{model_uri}: no such generator or checkpoint")
+    with fs.open(path, "rb") as handle:
+        return generator_from_bytes(handle.read(), model_uri)
+
+
+@torch.no_grad()
+def generate(
+    generator: CaloGenerator,
+    n_events: int,
+    energy_gev: float | tuple[float, float],
+    theta_deg: float | tuple[float, float],
+    particle: str | int = "e-",
+    seed: int = 0,
+    batch_size: int = 128,
+    device: str | torch.device | None = None,
+) -> xr.Dataset:
+    """Generate showers: the same schema and units (MeV, GeV, rad) as :func:`dt_assets.simulate`.
+
+    Conditions are drawn as ``simulate`` draws them (uniform in the ranges), from ``seed``.
+    """
+    geometry = generator.geometry
+    run = RunArguments.checked(n_events, energy_gev, theta_deg, particle, geometry, seed)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    was_training = generator.training
+    generator.eval().to(device)
+    noise = torch.Generator(device=device).manual_seed(run.seed)
+    rng = np.random.default_rng([run.seed, 1])
+    blocks = []
+    try:
+        for first in range(0, run.n_events, EVENTS_PER_CHUNK):
+            n = min(EVENTS_PER_CHUNK, run.n_events - first)
+            conditions = sample_conditions(n, run.energy_gev, run.theta_deg, pdg_code(particle), rng)
+            cells = np.empty((n, *geometry.shape), dtype=np.float32)
+            for start in range(0, n, batch_size):
+                stop = min(start + batch_size, n)
+                energy = torch.as_tensor(conditions.energy_gev[start:stop], device=device, dtype=torch.float32)
+                theta = torch.as_tensor(conditions.theta_rad[start:stop], device=device, dtype=torch.float32)
+                scaled = generator(generator.latent(energy, theta, noise))
+                cells[start:stop] = generator.transform.inverse(scaled.float()).squeeze(1).cpu().numpy()
+            attrs = {"simulator": "calotwin-3dgan", "simulator_version": "generator", "seed": run.seed}
+            blocks.append(
+                shower_dataset(cells, conditions.energy_gev, conditions.theta_rad, conditions.particle, geometry, attrs)
+            )
+    finally:
+        generator.train(was_training)
+    ds = concat_blocks(blocks)
+    ds.attrs["n_events"] = run.n_events
+    return ds

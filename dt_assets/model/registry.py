@@ -1,0 +1,92 @@
+"""The MLflow model registry for generators: log, register, tag, alias and load back without pickle.
+
+A generator is logged with ``mlflow.pytorch.log_model`` (the MLflow model, for MLflow's own tools)
+and carries CaloTwin's generator file as an extra file; :func:`download_generator` reads only that
+file, with ``torch.load(weights_only=True)``. The embedded default is a sqlite tracking store under
+the data home (MLflow 3 refuses a plain file store); any tracking server works by URI.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+
+from ..home import calotwin_home
+from .generation import GENERATOR_FILE, CaloGenerator, generator_from_bytes, save_generator
+
+DEFAULT_MODEL_NAME = "calotwin-3dgan"
+DEFAULT_EXPERIMENT = "calotwin"
+TRACKING_URI_ENV = "CALOTWIN_MLFLOW_URI"
+#: What a logged generator needs to run (MLflow would otherwise spend ~10 s inferring it).
+PIP_REQUIREMENTS = ["torch==2.13.0", "numpy"]
+
+
+def default_tracking_uri() -> str:
+    """``$CALOTWIN_MLFLOW_URI``, else the sqlite store ``$CALOTWIN_HOME/mlflow/mlflow.db``."""
+    uri = os.environ.get(TRACKING_URI_ENV)
+    if uri:
+        return uri
+    path = calotwin_home() / "mlflow" / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def default_artifact_location() -> str:
+    return str(calotwin_home() / "mlflow" / "artifacts")
+
+
+def ensure_experiment(name: str, tracking_uri: str, artifact_location: str | None = None) -> str:
+    """Create the experiment with an explicit artifact location if it does not exist; return its id."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    if artifact_location is None and tracking_uri.startswith("sqlite:"):
+        artifact_location = default_artifact_location()
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def log_generator(
+    generator: CaloGenerator,
+    registered_model_name: str = DEFAULT_MODEL_NAME,
+    tags: Mapping[str, str] | None = None,
+) -> ModelVersion:
+    """Log ``generator`` to the active MLflow run, register a new version and tag it; return the version."""
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_generator needs an active MLflow run (mlflow.start_run())")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / GENERATOR_FILE
+        save_generator(generator.cpu().eval(), str(path))
+        info = mlflow.pytorch.log_model(
+            generator,
+            name="generator",
+            input_example=np.zeros((1, generator.arch.latent_size), dtype=np.float32),
+            pip_requirements=PIP_REQUIREMENTS,
+            extra_files=[str(path)],
+            registered_model_name=registered_model_name,
+        )
+    client = MlflowClient()
+    version = client.get_model_version(registered_model_name, str(info.registered_model_version))
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(registered_model_name, version.version, key, str(value))
+    return client.get_model_version(registered_model_name, version.version)
+
+
+def set_alias(alias: str, version: str | int, registered_model_name: str = DEFAULT_MODEL_NAME) -> None:
+    MlflowClient().set_registered_model_alias(registered_model_name, alias, str(version))
+
+
+def download_generator(model_uri: str) -> CaloGenerator:
+    """Load the generator of a registry URI (``models:/name@alias`` or ``models:/name/N``)."""
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    path = local / "extra_files" / GENERATOR_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{model_uri}: the model has no CaloTwin generator file ({path.name})")
+    return generator_from_bytes(path.read_bytes(), model_uri)
