@@ -8,9 +8,10 @@ export CALOTWIN_HOME ?= $(CURDIR)/.calotwin
 export DAGSTER_HOME ?= $(CALOTWIN_HOME)/dagster
 HOST ?= 127.0.0.1
 PORT ?= 3000
+MLFLOW_PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format ui bench
+.PHONY: help install demo test lint format ui mlflow-ui bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -41,7 +42,14 @@ ui: install ## Start the Dagster UI (dagster dev) on http://127.0.0.1:3000 (set 
 	$(PY) -c 'from dt_assets.home import ensure_dagster_home, ensure_home; ensure_home(); ensure_dagster_home()'
 	$(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
 
+mlflow-ui: install ## Start the MLflow UI on the embedded tracking store, http://127.0.0.1:5000 (MLFLOW_PORT to change)
+	mkdir -p $(CALOTWIN_HOME)/mlflow
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CALOTWIN_HOME)/mlflow/mlflow.db \
+		--default-artifact-root $(CALOTWIN_HOME)/mlflow/artifacts -h $(HOST) -p $(MLFLOW_PORT)
+
 bench: install ## Run the benchmarks in bench/ (prints tables and JSON lines)
 	$(PY) bench/simulate.py
 	$(PY) bench/codecs.py
 	$(PY) bench/ingest.py
+	$(PY) bench/train.py
+	$(PY) bench/generate.py

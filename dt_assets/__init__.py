@@ -1,32 +1,43 @@
 """CaloTwin: a digital twin of a calorimeter (Monte Carlo -> 3DGAN -> physics validation), run by Dagster.
 
 The public Python API. None of it imports Dagster; the Dagster layer lives in
-``dt_assets.defs`` and ``dt_assets.definitions``.
+``dt_assets.defs`` and ``dt_assets.definitions``. Names are imported on first use, so that
+``import dt_assets.model.gan3d`` needs only torch and numpy (as on a bare GPU machine).
 """
 
-from .model.generation import build_generator, generate, load_generator
-from .physics.geometry import GEOMETRIES, Geometry, get_geometry
-from .physics.simulator import GFlashSimulator, Simulator, simulate, simulate_blocks
-from .showers.errors import ShowerDataError
-from .showers.hdf5 import read_hdf5, write_hdf5
-from .showers.store import read_showers, write_showers
+from importlib import import_module
+from typing import Any
+
 from .version import __version__
 
-__all__ = [
-    "GEOMETRIES",
-    "GFlashSimulator",
-    "Geometry",
-    "ShowerDataError",
-    "Simulator",
-    "__version__",
-    "build_generator",
-    "generate",
-    "get_geometry",
-    "load_generator",
-    "read_hdf5",
-    "read_showers",
-    "simulate",
-    "simulate_blocks",
-    "write_hdf5",
-    "write_showers",
-]
+_EXPORTS = {
+    "GEOMETRIES": ".physics.geometry",
+    "Geometry": ".physics.geometry",
+    "get_geometry": ".physics.geometry",
+    "GFlashSimulator": ".physics.simulator",
+    "Simulator": ".physics.simulator",
+    "simulate": ".physics.simulator",
+    "simulate_blocks": ".physics.simulator",
+    "ShowerDataError": ".showers.errors",
+    "read_hdf5": ".showers.hdf5",
+    "write_hdf5": ".showers.hdf5",
+    "read_showers": ".showers.store",
+    "write_showers": ".showers.store",
+    "build_generator": ".model.generation",
+    "generate": ".model.generation",
+    "load_generator": ".model.generation",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

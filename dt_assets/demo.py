@@ -1,10 +1,13 @@
 """`make demo`: run the loop on embedded defaults and print where everything is.
 
-Today the loop is the data stage: it registers two Monte Carlo runs and one HDF5 file in the
-3DGAN layout (written here from the simulator, standing in for a Geant4 file), materializes
-``raw_showers`` for each run with its checks, and prints runs, events, bytes on disk and paths.
-Materializations are recorded in ``$DAGSTER_HOME`` (default ``$CALOTWIN_HOME/dagster``), so
-``make ui`` shows them afterwards. Running it again does no work twice.
+On the small CPU preset (small_ecal_15x15x12) it registers two Monte Carlo runs and one HDF5 file
+in the 3DGAN layout (written here from the simulator, standing in for a Geant4 file),
+materializes ``raw_showers`` (with its checks) and ``preprocessed_showers`` for each run, then
+``training_set`` and ``gan_model``: a short 3DGAN training, logged to MLflow and registered as a
+new version of ``calotwin-3dgan`` (alias ``challenger``). It prints runs, events, bytes on disk,
+the model and where to look. Materializations are recorded in ``$DAGSTER_HOME`` (default
+``$CALOTWIN_HOME/dagster``), so ``make ui`` shows them afterwards; ``make mlflow-ui`` shows the
+MLflow run and the registered model. Running it again does no work twice.
 """
 
 from __future__ import annotations
@@ -16,11 +19,28 @@ import time
 
 from .home import calotwin_home, ensure_dagster_home, ensure_home
 
+GEOMETRY = "small_ecal_15x15x12"
 DEMO_RUNS = [
-    {"n_events": 2000, "energy_min_gev": 10.0, "energy_max_gev": 200.0, "particle": "e-", "seed": 1},
-    {"n_events": 1000, "energy_min_gev": 10.0, "energy_max_gev": 200.0, "particle": "gamma", "seed": 2},
+    {
+        "n_events": 2000,
+        "energy_min_gev": 10.0,
+        "energy_max_gev": 200.0,
+        "particle": "e-",
+        "seed": 1,
+        "geometry": GEOMETRY,
+    },
+    {
+        "n_events": 1000,
+        "energy_min_gev": 10.0,
+        "energy_max_gev": 200.0,
+        "particle": "gamma",
+        "seed": 2,
+        "geometry": GEOMETRY,
+    },
 ]
 EXAMPLE_FILE_EVENTS = 500
+#: A CPU-sized training: 4 epochs of 20 steps of 32 showers (about 2 minutes on 2 cores).
+DEMO_TRAINING = {"geometry": GEOMETRY, "epochs": 4, "max_steps_per_epoch": 20, "batch_size": 32}
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -32,7 +52,8 @@ def _example_file(home) -> str:
     path = home / "examples" / "demo_3dgan_e-_50-150GeV.h5"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_hdf5(simulate(EXAMPLE_FILE_EVENTS, (50.0, 150.0), (60.0, 120.0), "e-", seed=7), str(path), layout="3dgan")
+        showers = simulate(EXAMPLE_FILE_EVENTS, (50.0, 150.0), (60.0, 120.0), "e-", geometry=GEOMETRY, seed=7)
+        write_hdf5(showers, str(path), layout="3dgan")
     return str(path)
 
 
@@ -45,14 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     import dagster as dg
     from tqdm import tqdm
 
-    from resources import storage_from_env
+    from resources import storage_from_env, tracking_resource
 
     from .defs.data import raw_showers, simulation_runs
+    from .defs.model import gan_model
+    from .defs.preprocess import preprocessed_showers, training_set
+    from .model.registry import default_tracking_uri
     from .showers.store import open_store, store_size_bytes
 
     started = time.monotonic()
     instance = dg.DagsterInstance.get()
     storage = storage_from_env()
+    resources = {"storage": storage, "mlflow": tracking_resource()}
     print(f"CaloTwin demo: data home {calotwin_home()}, Dagster home {os.environ['DAGSTER_HOME']}")
     example = _example_file(home)
     config = {"simulations": DEMO_RUNS, "import_files": [{"path": example}]}
@@ -60,16 +85,20 @@ def main(argv: list[str] | None = None) -> int:
         [simulation_runs],
         run_config={"ops": {"simulation_runs": {"config": config}}, **QUIET},
         instance=instance,
-        resources={"storage": storage},
+        resources=resources,
     )
     table = result.asset_materializations_for_node("simulation_runs")[0].metadata["runs"].value
     run_keys = [row.data["run"] for row in table.records]
-    done = instance.get_materialized_partitions(dg.AssetKey("raw_showers"))
-    for key in tqdm(run_keys, desc="raw_showers", unit="run"):
+    done = instance.get_materialized_partitions(preprocessed_showers.key)
+    for key in tqdm(run_keys, desc="raw + preprocessed showers", unit="run"):
         if key in done:
             continue
         result = dg.materialize(
-            [raw_showers], partition_key=key, instance=instance, resources={"storage": storage}, run_config=QUIET
+            [raw_showers, preprocessed_showers],
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+            run_config=QUIET,
         )
         failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
         if failed:
@@ -86,9 +115,33 @@ def main(argv: list[str] | None = None) -> int:
         total_events, total_bytes = total_events + events, total_bytes + size
         print(f"{key:<22} {events:>7} {size / 1e6:>11.1f}  {row.data['description']}")
     print(f"{'total: ' + str(len(table.records)) + ' runs':<22} {total_events:>7} {total_bytes / 1e6:>11.1f}")
-    print(f"\nraw showers (zarr): {storage.url('data', 'raw')}")
-    print(f"run specs (json):   {storage.url('data', 'runs')}")
-    print(f"done in {time.monotonic() - started:.0f} s; `make ui` shows the assets, their metadata and checks")
+
+    event = instance.get_latest_materialization_event(gan_model.key)
+    if event is None:
+        epochs, steps = DEMO_TRAINING["epochs"], DEMO_TRAINING["max_steps_per_epoch"]
+        print(f"\ntraining a 3DGAN on {GEOMETRY}: {epochs} epochs of {steps} steps")
+        dg.materialize([training_set], instance=instance, resources=resources, run_config=QUIET)
+        dg.materialize(
+            [gan_model],
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"gan_model": {"config": DEMO_TRAINING}}, **QUIET},
+        )
+        event = instance.get_latest_materialization_event(gan_model.key)
+    model = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    print(
+        f"\nmodel: {model['model_uri']} (alias challenger), MLflow run {model['mlflow_run_id']}; validation "
+        f"E_sum/E_p GAN {model['val_esum_over_ep_gan']:.4f} vs MC {model['val_esum_over_ep_mc']:.4f}"
+    )
+    print(f"\nraw showers (zarr):  {storage.url('data', 'raw')}")
+    print(f"GAN tensors (zarr):  {storage.url('data', 'preprocessed')}")
+    print(f"run specs (json):    {storage.url('data', 'runs')}")
+    print(f"checkpoints:         {storage.url('checkpoints')}")
+    print(f"MLflow:              {default_tracking_uri()}")
+    print(
+        f"done in {time.monotonic() - started:.0f} s; `make ui` shows the assets, their metadata and checks; "
+        "`make mlflow-ui` shows the training run and the registered model"
+    )
     return 0
 
 

@@ -38,7 +38,10 @@ def demo_home(tmp_path_factory) -> tuple[Path, str]:
 def test_make_demo_prints_the_summary_and_leaves_data_on_disk(demo_home):
     home, out = demo_home
     assert "total: 3 runs" in out and "3500" in out
-    assert f"raw showers (zarr): {home}/data/raw" in out
+    assert f"raw showers (zarr):  {home}/data/raw" in out
+    assert "model: models:/calotwin-3dgan/1 (alias challenger)" in out
+    assert (home / "mlflow" / "mlflow.db").exists() and len(list((home / "data" / "preprocessed").glob("*.zarr"))) == 3
+    assert list((home / "checkpoints").glob("gan-*/last.pt"))
     stores = sorted((home / "data" / "raw").glob("*.zarr"))
     assert [s.name.split("-")[0] for s in stores] == ["file", "mc", "mc"]
     assert sum(read_showers(str(s), validate=False).sizes["event"] for s in stores) == 3500
@@ -59,7 +62,8 @@ def test_make_demo_again_does_no_work_twice(demo_home):
     stores = {p: p.stat().st_mtime_ns for p in (home / "data" / "raw").glob("*.zarr")}
     run = subprocess.run(["make", "demo"], cwd=REPO, env=make_env(home), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "total: 3 runs" in run.stdout
+    assert "total: 3 runs" in run.stdout and "training a 3DGAN" not in run.stdout
+    assert "model: models:/calotwin-3dgan/1 (alias challenger)" in run.stdout  # no second version
     assert {p: p.stat().st_mtime_ns for p in (home / "data" / "raw").glob("*.zarr")} == stores
 
 
@@ -81,37 +85,81 @@ def graphql(port: int, query: str) -> dict:
     return payload["data"]
 
 
-def test_make_ui_serves_the_assets_with_metadata_and_checks(demo_home):
-    home, _ = demo_home
-    port = free_port()
-    log = open(home / "ui.log", "w")  # noqa: SIM115 - closed in finally
-    ui = subprocess.Popen(
-        ["make", "ui", f"PORT={port}"],
-        cwd=REPO,
-        env=make_env(home),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
+class Served:
+    """A `make` target that serves HTTP, started in its own process group and stopped with SIGTERM."""
+
+    def __init__(self, target: list[str], home: Path, ready_path: str, port: int):
+        self.port, self.log_path = port, home / f"{target[0]}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ["make", *target],
+            cwd=REPO,
+            env=make_env(home),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 180
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5):
-                    break
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=5):
+                    return
             except OSError:
-                assert ui.poll() is None, (home / "ui.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "dagster dev did not come up"
+                assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"{target} did not come up"
                 time.sleep(1)
+
+    def get_json(self, path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+
+
+def test_make_mlflow_ui_shows_the_registered_model(demo_home):
+    home, _ = demo_home
+    port = free_port()
+    server = Served(["mlflow-ui", f"MLFLOW_PORT={port}"], home, "/health", port)
+    try:
+        model = server.get_json("/api/2.0/mlflow/registered-models/get?name=calotwin-3dgan")["registered_model"]
+        assert {a["alias"]: a["version"] for a in model["aliases"]} == {"challenger": "1"}
+        runs = server.get_json("/api/2.0/mlflow/experiments/get-by-name?experiment_name=calotwin")
+        assert runs["experiment"]["artifact_location"] == str(home / "mlflow" / "artifacts")
+    finally:
+        server.stop()
+
+
+def materializations_of(port: int, asset: str) -> list[dict]:
+    data = graphql(
+        port,
+        f"""{{ assetOrError(assetKey: {{path: ["{asset}"]}}) {{ ... on Asset {{
+             assetMaterializations(limit: 10) {{ partition metadataEntries {{ label
+               ... on IntMetadataEntry {{ intValue }} ... on MarkdownMetadataEntry {{ mdStr }} }} }} }} }} }}""",
+    )
+    return data["assetOrError"]["assetMaterializations"]
+
+
+def test_make_ui_serves_the_assets_with_metadata_and_checks(demo_home):
+    home, _ = demo_home
+    port = free_port()
+    server = Served(["ui", f"PORT={port}"], home, "/server_info", port)
+    try:
         nodes = graphql(port, "{ assetNodes { assetKey { path } isPartitioned } }")["assetNodes"]
-        assert {tuple(n["assetKey"]["path"]) for n in nodes} == {("simulation_runs",), ("raw_showers",)}
-        data = graphql(
-            port,
-            """{ assetOrError(assetKey: {path: ["raw_showers"]}) { ... on Asset {
-                 assetMaterializations(limit: 10) { partition metadataEntries { label
-                   ... on IntMetadataEntry { intValue } ... on MarkdownMetadataEntry { mdStr } } } } } }""",
-        )
-        materializations = data["assetOrError"]["assetMaterializations"]
+        assert {tuple(n["assetKey"]["path"]) for n in nodes} == {
+            ("simulation_runs",),
+            ("raw_showers",),
+            ("preprocessed_showers",),
+            ("training_set",),
+            ("gan_model",),
+        }
+        materializations = materializations_of(port, "raw_showers")
         assert len({m["partition"] for m in materializations}) == 3
         entries = {e["label"]: e for e in materializations[0]["metadataEntries"]}
         assert entries["events"]["intValue"] > 0
@@ -126,11 +174,9 @@ def test_make_ui_serves_the_assets_with_metadata_and_checks(demo_home):
             "finite_non_negative": "SUCCEEDED",
             "sampling_fraction_consistency": "SUCCEEDED",
         }
+        (model,) = materializations_of(port, "gan_model")
+        entries = {e["label"]: e for e in model["metadataEntries"]}
+        assert entries["loss_curves"]["mdStr"].startswith("![loss curves](data:image/png")
+        assert entries["model_version"]["intValue"] == 1
     finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        try:
-            ui.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(ui.pid, signal.SIGKILL)
-            ui.wait()
-        log.close()
+        server.stop()

@@ -237,6 +237,21 @@ def _safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Te
     return torch.where(positive, numerator / torch.where(positive, denominator, torch.ones_like(denominator)), 0.0)
 
 
+def make_latent(
+    arch: Architecture,
+    energy_gev: torch.Tensor,
+    theta_rad: torch.Tensor,
+    energy_scale_gev: float = 100.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The generator input [E_p/100, theta, noise] (N, latent_size); noise x E_p/100 where the arch says so."""
+    noise = torch.randn((len(energy_gev), arch.latent_size - 2), generator=generator, device=energy_gev.device)
+    energy = (energy_gev / energy_scale_gev).float()
+    if arch.noise_times_energy:
+        noise = noise * energy[:, None]
+    return torch.cat([torch.stack([energy, theta_rad.float()], dim=1), noise], dim=1)
+
+
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -24,7 +24,7 @@ from ..physics.particles import pdg_code
 from ..physics.simulator import RunArguments, sample_conditions
 from ..showers.schema import EVENTS_PER_CHUNK, concat_blocks, shower_dataset
 from ..showers.store import atomic_file, url_to_fs
-from .gan3d import Architecture, Generator, architecture_for
+from .gan3d import Architecture, Generator, architecture_for, make_latent
 from .preprocess import Transform
 
 GENERATOR_FILE = "generator.pt"
@@ -60,11 +60,7 @@ class CaloGenerator(nn.Module):
         )
 
     def latent(self, energy_gev: torch.Tensor, theta_rad: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        noise = torch.randn((len(energy_gev), self.arch.latent_size - 2), generator=generator, device=energy_gev.device)
-        energy = (energy_gev / self.transform.energy_scale_gev).float()
-        if self.arch.noise_times_energy:
-            noise = noise * energy[:, None]
-        return torch.cat([torch.stack([energy, theta_rad.float()], dim=1), noise], dim=1)
+        return make_latent(self.arch, energy_gev, theta_rad, self.transform.energy_scale_gev, generator)
 
 
 def build_generator(geometry: str | Geometry = DEFAULT_GEOMETRY) -> CaloGenerator:

@@ -19,31 +19,9 @@ import torch
 from ..showers.schema import EVENTS_PER_CHUNK
 from ..showers.store import open_store
 from .preprocess import CELLS, SPLITS, Transform, preprocessed_transform
+from .step import Batch
 
 FIELDS = ("energy", "theta", "total", "measured_theta", "primary_energy")
-
-
-@dataclass
-class Batch:
-    """A batch of preprocessed events as tensors: cells (B, 1, x, y, z) and per-event vectors (B,)."""
-
-    cells: torch.Tensor
-    energy: torch.Tensor
-    theta: torch.Tensor
-    total: torch.Tensor
-    measured_theta: torch.Tensor
-    primary_energy: torch.Tensor
-
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(**{k: v.to(device, non_blocking=True) for k, v in self.__dict__.items()})
-
-    def channels_last(self) -> Batch:
-        """The cells in channels-last 3D memory format (what the training loop uses)."""
-        self.cells = self.cells.contiguous(memory_format=torch.channels_last_3d)
-        return self
-
-    def __len__(self) -> int:
-        return self.energy.shape[0]
 
 
 @dataclass

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,50 +32,14 @@ from torch import nn
 
 from ..physics.geometry import Geometry
 from ..showers.store import atomic_file, url_to_fs
-from .gan3d import Discriminator, DiscriminatorOutput, gan_losses
+from .gan3d import Discriminator, gan_losses
 from .generation import CaloGenerator, generator_payload, load_generator
-from .stream import Batch, TrainingData
+from .step import GANStep, TrainConfig, TrainingCollapsedError
+from .stream import TrainingData
+
+__all__ = ["EpochReport", "TrainConfig", "TrainResult", "TrainingCollapsedError", "train", "validate"]
 
 CHECKPOINT_FILE = "last.pt"
-
-
-class TrainingCollapsedError(RuntimeError):
-    """Training diverged (NaN/inf losses) or the generator only makes empty showers."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of a training (defaults: the reference's, with a CPU-sized batch)."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr_generator: float = 1e-3
-    lr_discriminator: float = 1e-3
-    loss_weights: tuple[float, float, float, float] = (3.0, 0.1, 25.0, 0.1)
-    label_flip: float = 0.05
-    generator_steps: int = 2
-    seed: int = 0
-    max_steps_per_epoch: int | None = None
-    validation_batches: int = 8
-    collapse_patience: int = 20
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "generator_steps", "validation_batches", "collapse_patience"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("lr_generator", "lr_discriminator"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if len(self.loss_weights) != 4 or any(w < 0 for w in self.loss_weights):
-            raise ValueError(f"loss_weights must be four non-negative numbers, got {self.loss_weights!r}")
-        if not 0 <= self.label_flip < 0.5:
-            raise ValueError(f"label_flip must lie in [0, 0.5), got {self.label_flip!r}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError(f"max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -186,7 +149,18 @@ def train(
         g_model = nn.parallel.DistributedDataParallel(generator, device_ids=ids)
         d_model = nn.parallel.DistributedDataParallel(discriminator, device_ids=ids)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
-    step = _Step(generator, g_model, discriminator, d_model, opt_g, opt_d, config, dev, autocast)
+    step = GANStep(
+        generator,
+        g_model,
+        discriminator,
+        d_model,
+        opt_g,
+        opt_d,
+        config,
+        dev,
+        autocast,
+        generator.transform.energy_scale_gev,
+    )
 
     run_started = time.monotonic()
     for epoch in range(start_epoch, config.epochs):
@@ -237,70 +211,6 @@ def train(
         resumed_from_epoch=start_epoch,
         device=str(dev),
     )
-
-
-class _Step:
-    """One training step of the reference: D on real, D on fake, then G ``generator_steps`` times."""
-
-    def __init__(self, generator, g_model, discriminator, d_model, opt_g, opt_d, config: TrainConfig, device, autocast):
-        self.generator, self.g_model = generator, g_model
-        self.discriminator, self.d_model = discriminator, d_model
-        self.opt_g, self.opt_d = opt_g, opt_d
-        self.config, self.device, self.autocast = config, device, autocast
-        self.empty_steps = 0
-
-    def labels(self, n: int, real: bool) -> torch.Tensor:
-        flip = torch.rand(n, device=self.device) < self.config.label_flip
-        value = torch.ones(n, device=self.device) if real else torch.zeros(n, device=self.device)
-        return torch.where(flip, 1.0 - value, value)
-
-    def loss(self, out: DiscriminatorOutput, is_real: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict]:
-        return gan_losses(
-            out, is_real, batch.energy, batch.measured_theta, batch.total, weights=self.config.loss_weights
-        )
-
-    def __call__(self, batch: Batch, epoch: int, index: int) -> dict[str, float]:
-        n = len(batch)
-        with torch.no_grad(), self.autocast:
-            fake = self.g_model(self.generator.latent(batch.primary_energy, batch.theta, None))
-        out: dict[str, float] = {}
-        for name, cells, real in (("d_real", batch.cells, True), ("d_fake", fake.float(), False)):
-            self.opt_d.zero_grad(set_to_none=True)
-            with self.autocast:
-                loss, terms = self.loss(self.d_model(cells), self.labels(n, real), batch)
-            loss.backward()
-            self.opt_d.step()
-            out[name] = loss.item()
-            out.update({f"{name}_{k}": v.item() for k, v in terms.items()})
-        self.discriminator.requires_grad_(False)  # the generator steps do not train D
-        try:
-            for i in range(self.config.generator_steps):
-                self.opt_g.zero_grad(set_to_none=True)
-                with self.autocast:
-                    fake = self.g_model(self.generator.latent(batch.primary_energy, batch.theta, None))
-                    judged = self.discriminator(fake.float())
-                    loss, terms = self.loss(judged, torch.ones(n, device=self.device), batch)
-                loss.backward()
-                self.opt_g.step()
-                out[f"g_{i}"] = loss.item()
-                for k, v in terms.items():
-                    out[f"g_{k}"] = out.get(f"g_{k}", 0.0) + v.item() / self.config.generator_steps
-        finally:
-            self.discriminator.requires_grad_(True)
-        out["g"] = sum(out.pop(f"g_{i}") for i in range(self.config.generator_steps)) / self.config.generator_steps
-        self._check(out, judged.total, epoch, index)
-        return out
-
-    def _check(self, losses: dict[str, float], generated_total: torch.Tensor, epoch: int, index: int) -> None:
-        bad = sorted(k for k, v in losses.items() if not math.isfinite(v))
-        if bad:
-            raise TrainingCollapsedError(f"training diverged at epoch {epoch}, step {index}: non-finite {bad}")
-        self.empty_steps = self.empty_steps + 1 if float(generated_total.detach().max()) <= 0 else 0
-        if self.empty_steps >= self.config.collapse_patience:
-            raise TrainingCollapsedError(
-                f"generator collapsed at epoch {epoch}, step {index}: only empty showers for "
-                f"{self.empty_steps} steps in a row (try a lower learning rate or another seed)"
-            )
 
 
 @torch.no_grad()

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 import xarray as xr
-from scipy.special import gammainc
 
 from ..showers.schema import EVENTS_PER_CHUNK, concat_blocks, shower_dataset
 from ..version import __version__
@@ -36,6 +36,14 @@ THETA_RANGE_DEG = (60.0, 120.0)
 BLOCK_EVENTS = EVENTS_PER_CHUNK
 
 Range = float | tuple[float, float]
+
+
+def gammainc(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Regularized lower incomplete gamma function P(a, x), in float64 (torch's, so SciPy is not needed)."""
+    a, x = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(x, dtype=np.float64))
+    return torch.special.gammainc(
+        torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.ascontiguousarray(x))
+    ).numpy()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,228 @@
+"""GPU benchmark of the reference 3DGAN (torch + numpy only: runs on a bare GPU machine).
+
+Needs only torch, numpy (and xarray for the optional training on MC); no Dagster, zarr or MLflow.
+Run it from the repository root on any machine with a GPU:
+
+    python3 bench/gpu.py                      # generation, training steps, a 3-minute training
+    python3 bench/gpu.py --train-minutes 0    # throughput only
+    python3 bench/gpu.py --device cpu --quick # a smoke run on the small preset (what the tests run)
+
+1. Generation: showers/s of the 51x51x25 reference generator in fp32 and bf16 autocast for
+   batch sizes 1, 16, 128 and 1024, and the achieved TFLOP/s against a large matmul (fp32, bf16).
+2. Training: samples/s of the reference training step (D on real, D on fake, G twice) in fp32 and
+   bf16, batch 64, on showers from the Monte Carlo.
+3. Fidelity: a short full-size training (bf16) on Monte Carlo showers simulated here, then
+   E_sum/E_p of generated and MC showers on held-out conditions, and the mean energy at 20 and
+   90 GeV.
+Prints a table, then one JSON line. Record the card and the numbers in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, not an installed package
+
+from dt_assets.model.gan3d import Discriminator, Generator, architecture_for, make_latent
+from dt_assets.model.step import Batch, GANStep, TrainConfig
+from dt_assets.physics.geometry import get_geometry
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, seconds: float, minimum: int = 3) -> float:
+    """Seconds per call, over at least ``seconds`` (after one warm-up call)."""
+    fn()
+    sync(device)
+    calls, start = 0, time.perf_counter()
+    while calls < minimum or time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    sync(device)
+    return (time.perf_counter() - start) / calls
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, seconds: float) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / timed(lambda: a @ b, device, seconds) / 1e12
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def generation(geometry, device, batches, seconds) -> list[dict]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = Generator(architecture_for(geometry)).to(device).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.randn(1, 256, device=device))
+    flops = counter.get_total_flops()
+    rows = []
+    for precision in ("fp32", "bf16"):
+        for batch in batches:
+            latent = torch.randn(batch, 256, device=device)
+
+            def run(latent=latent, precision=precision):
+                with torch.no_grad(), autocast_for(device, precision):
+                    net(latent)
+
+            rate = batch / timed(run, device, seconds)
+            rows.append({"precision": precision, "batch": batch, "showers_per_s": rate, "tflops": rate * flops / 1e12})
+    return rows
+
+
+def mc_tensors(geometry, n: int, energy, seed: int) -> tuple[Batch, float]:
+    """Preprocessed Monte Carlo showers as one Batch (CPU), and the sampling fraction."""
+    import xarray as xr
+
+    from dt_assets.model.preprocess import preprocess_blocks
+    from dt_assets.physics.simulator import simulate_blocks
+
+    ds = xr.concat(
+        list(
+            preprocess_blocks(
+                simulate_blocks(n, energy, (60.0, 120.0), geometry=geometry, seed=seed), f"gpu-bench-{seed}"
+            )
+        ),
+        dim="event",
+    )
+    fields = {
+        k: torch.from_numpy(np.asarray(ds[k].values, dtype=np.float32))
+        for k in ("energy", "theta", "total", "measured_theta", "primary_energy")
+    }
+    return Batch(cells=torch.from_numpy(ds.cells.values).unsqueeze(1), **fields), geometry.sampling_fraction
+
+
+def subset(batch: Batch, idx: torch.Tensor, device) -> Batch:
+    return Batch(**{k: v[idx].to(device) for k, v in batch.__dict__.items()})
+
+
+def make_step(geometry, device, precision, config):
+    arch = architecture_for(geometry)
+    generator = Generator(arch).to(device, memory_format=torch.channels_last_3d)
+    discriminator = Discriminator(arch, geometry).to(device, memory_format=torch.channels_last_3d)
+    opt_g = torch.optim.RMSprop(generator.parameters(), lr=config.lr_generator)
+    opt_d = torch.optim.RMSprop(discriminator.parameters(), lr=config.lr_discriminator)
+    step = GANStep(
+        generator,
+        generator,
+        discriminator,
+        discriminator,
+        opt_g,
+        opt_d,
+        config,
+        device,
+        autocast_for(device, precision),
+    )
+    return generator, step
+
+
+def training_rates(geometry, device, data: Batch, batch_size, seconds) -> list[dict]:
+    rows = []
+    for precision in ("fp32", "bf16"):
+        _, step = make_step(geometry, device, precision, TrainConfig(batch_size=batch_size))
+        idx = torch.arange(batch_size)
+        b = subset(data, idx, device).channels_last()
+        rate = batch_size / timed(lambda b=b, step=step: step(b, 0, 0), device, seconds)
+        rows.append({"precision": precision, "batch": batch_size, "samples_per_s": rate})
+    return rows
+
+
+@torch.no_grad()
+def mean_total(generator, arch, energy_gev: float, device, n: int = 256) -> float:
+    e = torch.full((n,), energy_gev, device=device)
+    theta = torch.full((n,), np.pi / 2, device=device)
+    cells = generator(make_latent(arch, e, theta)).float()
+    return float(cells.clamp_min(0).pow(1 / 0.85).sum(dim=(1, 2, 3, 4)).mean())
+
+
+def fidelity(geometry, device, train_data: Batch, test_data: Batch, minutes: float, batch_size: int) -> dict:
+    config = TrainConfig(batch_size=batch_size, lr_generator=3e-4, lr_discriminator=3e-4)
+    generator, step = make_step(geometry, device, "bf16" if device.type == "cuda" else "fp32", config)
+    arch = generator.arch
+    n, steps, start = len(train_data.energy), 0, time.perf_counter()
+    while time.perf_counter() - start < minutes * 60:
+        idx = torch.randint(0, n, (batch_size,))
+        step(subset(train_data, idx, device).channels_last(), 0, steps)
+        steps += 1
+    generator.eval()
+    with torch.no_grad():
+        idx = torch.arange(min(1024, len(test_data.energy)))
+        t = subset(test_data, idx, device)
+        cells = generator(make_latent(arch, t.primary_energy, t.theta)).float()
+        gen_total = cells.clamp_min(0).pow(1 / 0.85).sum(dim=(1, 2, 3, 4))
+    ratio = {"gan": float((gen_total / t.primary_energy).mean()), "mc": float((t.total / t.primary_energy).mean())}
+    return {
+        "train_minutes": minutes,
+        "steps": steps,
+        "samples": steps * batch_size,
+        "esum_over_ep_gan": ratio["gan"],
+        "esum_over_ep_mc": ratio["mc"],
+        "mean_gev_gan_20": mean_total(generator, arch, 20.0, device),
+        "mean_gev_gan_90": mean_total(generator, arch, 90.0, device),
+        "mean_gev_mc_20": 20.0 * ratio["mc"],
+        "mean_gev_mc_90": 90.0 * ratio["mc"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--train-minutes", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=2.0, help="minimum time per throughput measurement")
+    parser.add_argument("--quick", action="store_true", help="small preset, tiny sizes (a smoke run)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    quick = args.quick
+    geometry = get_geometry("small_ecal_15x15x12" if quick else "clic_ecal_51x51x25")
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    result: dict = {"bench": "gpu", "device": card, "geometry": geometry.name, "torch": torch.__version__}
+    n_matmul = 512 if quick else 8192
+    result["matmul_tflops"] = {
+        p: matmul_tflops(device, d, n_matmul, args.seconds)
+        for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
+    result["generation"] = generation(geometry, device, (1, 16) if quick else (1, 16, 128, 1024), args.seconds)
+    n_train = 256 if quick else 16384
+    data, _ = mc_tensors(geometry, n_train, (10.0, 200.0), seed=1)
+    batch_size = 16 if quick else 64
+    result["training_step"] = training_rates(geometry, device, data, batch_size, args.seconds)
+    if args.train_minutes > 0:
+        test, _ = mc_tensors(geometry, 128 if quick else 2048, (10.0, 200.0), seed=2)
+        result["fidelity"] = fidelity(geometry, device, data, test, args.train_minutes, batch_size)
+
+    print(f"3DGAN on {card}, {geometry.name}, torch {torch.__version__}")
+    print("matmul TFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in result["matmul_tflops"].items()))
+    print(f"{'generation':<12} {'batch':>6} {'showers/s':>11} {'TFLOP/s':>8}")
+    for r in result["generation"]:
+        print(f"{r['precision']:<12} {r['batch']:>6} {r['showers_per_s']:>11.1f} {r['tflops']:>8.2f}")
+    print(f"{'training':<12} {'batch':>6} {'samples/s':>11}")
+    for r in result["training_step"]:
+        print(f"{r['precision']:<12} {r['batch']:>6} {r['samples_per_s']:>11.1f}")
+    if "fidelity" in result:
+        f = result["fidelity"]
+        print(
+            f"after {f['steps']} steps ({f['train_minutes']} min): E_sum/E_p GAN {f['esum_over_ep_gan']:.4f} vs MC "
+            f"{f['esum_over_ep_mc']:.4f}; mean E at 20 / 90 GeV: GAN {f['mean_gev_gan_20']:.3f} / "
+            f"{f['mean_gev_gan_90']:.3f} GeV, MC {f['mean_gev_mc_20']:.3f} / {f['mean_gev_mc_90']:.3f} GeV"
+        )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
