@@ -20,6 +20,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dt_assets import build_generator, get_geometry
+from dt_assets.model.gan3d import Discriminator
+from dt_assets.model.step import Batch, GANStep, TrainConfig
 from dt_assets.physics.simulator import GFlashSimulator, sample_conditions
 
 
@@ -41,6 +43,35 @@ def showers_per_second(generator, batch: int, seconds: float) -> float:
         generator(latent)
         done += batch
     return done / (time.perf_counter() - start)
+
+
+def reference_training_seconds_per_sample(batch: int = 8) -> float:
+    """One reference training step (D real, D fake, G twice) on the CPU, per sample."""
+    geometry = get_geometry("clic_ecal_51x51x25")
+    generator = build_generator().net.to(memory_format=torch.channels_last_3d)
+    discriminator = Discriminator(generator.arch, geometry).to(memory_format=torch.channels_last_3d)
+    step = GANStep(
+        generator,
+        generator,
+        discriminator,
+        discriminator,
+        torch.optim.RMSprop(generator.parameters()),
+        torch.optim.RMSprop(discriminator.parameters()),
+        TrainConfig(batch_size=batch),
+        torch.device("cpu"),
+    )
+    showers = Batch(
+        cells=torch.rand(batch, 1, *geometry.shape) * 0.01,
+        energy=torch.rand(batch),
+        theta=torch.full((batch,), np.pi / 2),
+        total=torch.rand(batch) + 0.1,
+        measured_theta=torch.full((batch,), np.pi / 2),
+        primary_energy=torch.rand(batch) * 100 + 10,
+    ).channels_last()
+    step(showers, 0, 0)
+    start = time.perf_counter()
+    step(showers, 0, 1)
+    return (time.perf_counter() - start) / batch
 
 
 def main() -> None:
@@ -74,6 +105,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['batch']:>6} {r['showers_per_s']:>10.1f} {r['gflops']:>8.1f} {r['fraction_of_matmul']:>10.0%}")
     print(f"Monte Carlo at 100 GeV on the same grid: {mc_rate:.0f} showers/s")
+    train_s = reference_training_seconds_per_sample()
+    print(f"one reference training step (batch 8): {train_s:.2f} s per sample")
     print(
         json.dumps(
             {
@@ -82,6 +115,7 @@ def main() -> None:
                 "gflop_per_shower": flops / 1e9,
                 "matmul_gflops": peak,
                 "mc_showers_per_s_100gev": mc_rate,
+                "reference_training_s_per_sample": train_s,
                 "results": rows,
             }
         )

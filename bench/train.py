@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,10 +88,14 @@ def bare_rate(url: str, config: TrainConfig) -> float:
     return config.max_steps_per_epoch * b / (time.monotonic() - started)
 
 
-def child(url: str, steps: int, work: Path) -> None:
-    """Train ``steps`` steps on ``url`` and print this process's peak RSS (MB)."""
+def child(url: str, steps: int, work: Path, mode: str) -> None:
+    """Train ``steps`` steps on ``url`` (streaming, or the bare loop over everything in memory: the
+    control that shows the measurement sees data size) and print this process's peak RSS (MB)."""
     config = TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=steps, validation_batches=2)
-    train(TrainingData([url]), config, str(work / f"ckpt-rss-{time.monotonic_ns()}"), get_geometry(GEOMETRY))
+    if mode == "streaming":
+        train(TrainingData([url]), config, str(work / f"ckpt-rss-{time.monotonic_ns()}"), get_geometry(GEOMETRY))
+    else:
+        bare_rate(url, config)
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -98,13 +103,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--child", nargs=2, metavar=("URL", "WORK"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("MODE", "URL", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     if args.child:
-        child(args.child[0], args.steps, Path(args.child[1]))
+        child(args.child[1], args.steps, Path(args.child[2]), args.child[0])
         return
     work = Path(tempfile.mkdtemp(prefix="calotwin-bench-train-"))
+    try:
+        report(args, work)
+    finally:
+        shutil.rmtree(work)
+
+
+def report(args: argparse.Namespace, work: Path) -> None:
     small = make_store(work / "x1.zarr", args.events, seed=1)
     large = make_store(work / "x4.zarr", 4 * args.events, seed=2)
     config = TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=args.steps, validation_batches=1)
@@ -112,14 +124,11 @@ def main() -> None:
     streamed = max(streaming_rate(small, config, work) for _ in range(2))
     bare = max(bare_rate(small, config) for _ in range(2))
     rss = {}
-    for name, url in (("1x", small), ("4x", large)):
-        out = subprocess.run(
-            [sys.executable, __file__, "--steps", str(args.steps), "--child", url, str(work)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        rss[name] = json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+    for mode in ("streaming", "in-memory"):
+        for name, url in (("1x", small), ("4x", large)):
+            command = [sys.executable, __file__, "--steps", str(args.steps), "--child", mode, url, str(work)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            rss[f"{mode} {name}"] = json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
     row = {
         "events_1x": args.events,
         "events_4x": 4 * args.events,
@@ -128,16 +137,18 @@ def main() -> None:
         "streaming_samples_per_s": streamed,
         "bare_samples_per_s": bare,
         "ratio_streaming_to_bare": streamed / bare,
-        "peak_rss_mb_1x": rss["1x"],
-        "peak_rss_mb_4x": rss["4x"],
+        "peak_rss_mb": rss,
     }
     print(f"3DGAN training on {GEOMETRY}, batch 32, {args.steps} steps, {torch.get_num_threads()} threads")
     print(f"{'path':<26} {'samples/s':>10}")
     print(f"{'train() streaming zarr':<26} {streamed:>10.1f}")
     print(f"{'bare loop, in memory':<26} {bare:>10.1f}")
     print(f"ratio streaming / bare: {row['ratio_streaming_to_bare']:.2f} (goal >= 0.9)")
-    sizes = f"{rss['1x']:.0f} MB with {args.events} events, {rss['4x']:.0f} MB with {4 * args.events}"
-    print(f"peak RSS: {sizes} (goal: flat)")
+    for mode in ("streaming", "in-memory"):
+        sizes = (
+            f"{rss[mode + ' 1x']:.0f} MB with {args.events} events, {rss[mode + ' 4x']:.0f} MB with {4 * args.events}"
+        )
+        print(f"peak RSS, {mode}: {sizes}" + (" (goal: flat)" if mode == "streaming" else " (control)"))
     print(json.dumps({"bench": "train", "results": [row]}))
 
 

@@ -34,30 +34,33 @@ def loss_curves_png(history: list[dict[str, float]], title: str = "3DGAN losses"
     """Per-epoch losses (discriminator on real and fake, generator, validation) on a log scale."""
     fig, (losses, energy) = plt.subplots(1, 2, figsize=(9.0, 3.4), dpi=100)
     try:
-        epochs = [h["epoch"] + 1 for h in history]
-        for key, label in (("d_real", "D real"), ("d_fake", "D fake"), ("g", "G"), ("val_g", "G validation")):
-            values = [h.get(key) for h in history]
-            if all(v is not None for v in values):
-                losses.plot(epochs, values, marker="o", markersize=3, label=label)
-        losses.set_yscale("log")
-        losses.set_xlabel("epoch")
-        losses.set_ylabel("weighted loss")
-        losses.legend(fontsize=7)
-        losses.grid(alpha=0.3)
-        for key, label in (("val_esum_over_ep_mc", "MC"), ("val_esum_over_ep_gan", "GAN")):
-            values = [h.get(key) for h in history]
-            if all(v is not None for v in values):
-                energy.plot(epochs, values, marker="o", markersize=3, label=label)
-        energy.set_yscale("log")
-        energy.set_xlabel("epoch")
-        energy.set_ylabel("E_sum / E_p (validation)")
-        energy.legend(fontsize=7)
-        energy.grid(alpha=0.3)
+        series = (("d_real", "D real"), ("d_fake", "D fake"), ("g", "G"), ("val_g", "G validation"))
+        _epoch_panel(losses, history, series, "weighted loss")
+        _epoch_panel(
+            energy,
+            history,
+            (("val_esum_over_ep_mc", "MC"), ("val_esum_over_ep_gan", "GAN")),
+            "E_sum / E_p (validation)",
+        )
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         return _png(fig)
     finally:
         plt.close(fig)
+
+
+def _epoch_panel(ax, history: list[dict[str, float]], series, ylabel: str) -> None:
+    """One log-scale panel of per-epoch values; a series missing in any epoch is left out."""
+    epochs = [h["epoch"] + 1 for h in history]
+    for key, label in series:
+        values = [h.get(key) for h in history]
+        if all(v is not None for v in values):
+            ax.plot(epochs, values, marker="o", markersize=3, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
 
 
 def _png(fig) -> bytes:

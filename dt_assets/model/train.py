@@ -108,9 +108,9 @@ def train(
     ctx = Distributed.from_env()
     dev = pick_device(ctx, device)
     if ctx.world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     torch.manual_seed(config.seed * 1000 + ctx.rank)
     if data.steps_per_epoch(config.batch_size, ctx.world_size) == 0:
         raise ValueError(
@@ -137,7 +137,7 @@ def train(
         opt_d.load_state_dict(checkpoint["opt_d"])
         history = json.loads(checkpoint["history"])
         start_epoch = int(checkpoint["epoch"]) + 1
-        torch.set_rng_state(checkpoint["rng"])
+        torch.set_rng_state(checkpoint["rng"])  # rank 0's stream; other ranks branch off it by rank
         torch.manual_seed(int(torch.randint(0, 2**31, (1,))) + ctx.rank)
     elif warm_start:
         _warm_start(generator, discriminator, warm_start, storage_options)
