@@ -192,3 +192,23 @@ def test_two_process_ddp_training_with_gloo(store, tmp_path):
     assert reports[0]["generator_checksum"] == reports[1]["generator_checksum"]  # DDP kept the weights in sync
     assert (tmp_path / "ckpt" / "last.pt").exists()
     assert load_generator(str(tmp_path / "ckpt" / "last.pt")).geometry.name == SMALL
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"lr_generator": 0.0}, "lr_generator must be positive"),
+        ({"loss_weights": (1.0, 2.0, 3.0)}, "loss_weights must be four non-negative numbers"),
+        ({"label_flip": 0.7}, r"label_flip must lie in \[0, 0.5\)"),
+        ({"max_steps_per_epoch": 0}, "max_steps_per_epoch must be >= 1 or None"),
+    ],
+)
+def test_bad_training_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_too_little_data_for_one_batch_is_named(store, tmp_path):
+    with pytest.raises(ValueError, match="fewer than one batch of 4096"):
+        train(TrainingData([store]), TrainConfig(batch_size=4096), str(tmp_path), GEOMETRY)
