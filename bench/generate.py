@@ -50,16 +50,7 @@ def reference_training_seconds_per_sample(batch: int = 8) -> float:
     geometry = get_geometry("clic_ecal_51x51x25")
     generator = build_generator().net.to(memory_format=torch.channels_last_3d)
     discriminator = Discriminator(generator.arch, geometry).to(memory_format=torch.channels_last_3d)
-    step = GANStep(
-        generator,
-        generator,
-        discriminator,
-        discriminator,
-        torch.optim.RMSprop(generator.parameters()),
-        torch.optim.RMSprop(discriminator.parameters()),
-        TrainConfig(batch_size=batch),
-        torch.device("cpu"),
-    )
+    step = GANStep.single_process(generator, discriminator, TrainConfig(batch_size=batch), torch.device("cpu"))
     showers = Batch(
         cells=torch.rand(batch, 1, *geometry.shape) * 0.01,
         energy=torch.rand(batch),

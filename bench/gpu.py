@@ -116,19 +116,7 @@ def make_step(geometry, device, precision, config):
     arch = architecture_for(geometry)
     generator = Generator(arch).to(device, memory_format=torch.channels_last_3d)
     discriminator = Discriminator(arch, geometry).to(device, memory_format=torch.channels_last_3d)
-    opt_g = torch.optim.RMSprop(generator.parameters(), lr=config.lr_generator)
-    opt_d = torch.optim.RMSprop(discriminator.parameters(), lr=config.lr_discriminator)
-    step = GANStep(
-        generator,
-        generator,
-        discriminator,
-        discriminator,
-        opt_g,
-        opt_d,
-        config,
-        device,
-        autocast_for(device, precision),
-    )
+    step = GANStep.single_process(generator, discriminator, config, device, autocast_for(device, precision))
     return generator, step
 
 

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -68,17 +67,7 @@ def bare_rate(url: str, config: TrainConfig) -> float:
     torch.manual_seed(config.seed)
     generator = CaloGenerator(geometry).to(memory_format=torch.channels_last_3d)
     discriminator = Discriminator(generator.arch, geometry).to(memory_format=torch.channels_last_3d)
-    step = GANStep(
-        generator,
-        generator,
-        discriminator,
-        discriminator,
-        torch.optim.RMSprop(generator.parameters(), lr=config.lr_generator),
-        torch.optim.RMSprop(discriminator.parameters(), lr=config.lr_discriminator),
-        config,
-        torch.device("cpu"),
-        nullcontext(),
-    )
+    step = GANStep.single_process(generator, discriminator, config, torch.device("cpu"))
     order = torch.randperm(len(cells))
     b = config.batch_size
     started = time.monotonic()

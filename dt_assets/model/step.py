@@ -104,6 +104,28 @@ class GANStep:
         self.energy_scale_gev = energy_scale_gev
         self.empty_steps = 0
 
+    @classmethod
+    def single_process(
+        cls,
+        generator: nn.Module,
+        discriminator: Discriminator,
+        config: TrainConfig,
+        device: torch.device,
+        autocast=None,
+    ) -> GANStep:
+        """A step over one process's generator and discriminator, with fresh RMSprop optimisers."""
+        return cls(
+            generator,
+            generator,
+            discriminator,
+            discriminator,
+            torch.optim.RMSprop(generator.parameters(), lr=config.lr_generator),
+            torch.optim.RMSprop(discriminator.parameters(), lr=config.lr_discriminator),
+            config,
+            device,
+            autocast,
+        )
+
     def latent(self, batch: Batch) -> torch.Tensor:
         return make_latent(self.generator.arch, batch.primary_energy, batch.theta, self.energy_scale_gev)
 
