@@ -131,12 +131,16 @@ def training_rates(geometry, device, data: Batch, batch_size, seconds) -> list[d
     return rows
 
 
+def unscaled_total(cells: torch.Tensor) -> torch.Tensor:
+    """Visible energy (GeV) of power-scaled showers (the reference power 0.85)."""
+    return cells.float().clamp_min(0).pow(1 / 0.85).sum(dim=(1, 2, 3, 4))
+
+
 @torch.no_grad()
 def mean_total(generator, arch, energy_gev: float, device, n: int = 256) -> float:
     e = torch.full((n,), energy_gev, device=device)
     theta = torch.full((n,), np.pi / 2, device=device)
-    cells = generator(make_latent(arch, e, theta)).float()
-    return float(cells.clamp_min(0).pow(1 / 0.85).sum(dim=(1, 2, 3, 4)).mean())
+    return float(unscaled_total(generator(make_latent(arch, e, theta))).mean())
 
 
 def fidelity(geometry, device, train_data: Batch, test_data: Batch, minutes: float, batch_size: int) -> dict:
@@ -152,8 +156,7 @@ def fidelity(geometry, device, train_data: Batch, test_data: Batch, minutes: flo
     with torch.no_grad():
         idx = torch.arange(min(1024, len(test_data.energy)))
         t = subset(test_data, idx, device)
-        cells = generator(make_latent(arch, t.primary_energy, t.theta)).float()
-        gen_total = cells.clamp_min(0).pow(1 / 0.85).sum(dim=(1, 2, 3, 4))
+        gen_total = unscaled_total(generator(make_latent(arch, t.primary_energy, t.theta)))
     ratio = {"gan": float((gen_total / t.primary_energy).mean()), "mc": float((t.total / t.primary_energy).mean())}
     return {
         "train_minutes": minutes,

@@ -89,11 +89,23 @@ def save_generator(generator: CaloGenerator, url: str, storage_options: Mapping[
 
 def generator_from_bytes(data: bytes, source: str = "generator file") -> CaloGenerator:
     """Rebuild a generator from a generator file or a training checkpoint, with ``weights_only=True``."""
+    return generator_from_payload(read_payload(data, source), source)
+
+
+def read_payload(data: bytes, source: str) -> dict[str, Any]:
+    """The dict in a generator file or checkpoint, loaded with ``weights_only=True`` (no pickled code)."""
     try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a file that is not ours
+        raise ValueError(f"{source}: not a CaloTwin generator file ({type(exc).__name__}: {exc})") from None
+
+
+def generator_from_payload(payload: Mapping[str, Any], source: str = "generator file") -> CaloGenerator:
+    """Rebuild a generator from a loaded generator file or checkpoint (its ``spec`` and ``generator``)."""
+    try:
         generator = CaloGenerator.from_spec(json.loads(payload["spec"]))
         generator.load_state_dict(payload["generator"])
-    except Exception as exc:  # torch raises several types for a file that is not a generator
+    except Exception as exc:  # a missing key, a bad spec or mismatched weights
         raise ValueError(f"{source}: not a CaloTwin generator file ({type(exc).__name__}: {exc})") from None
     return generator.eval()
 

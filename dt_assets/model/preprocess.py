@@ -53,8 +53,12 @@ class Transform:
         cells[cells < self.threshold] = 0.0
         return cells
 
+    def scale(self, unscaled: np.ndarray) -> np.ndarray:
+        """Power scaling of thresholded GeV cells (the GAN's input space)."""
+        return np.power(unscaled, np.float32(self.power))
+
     def forward(self, cells_mev: np.ndarray) -> np.ndarray:
-        return np.power(self.unscaled(cells_mev), np.float32(self.power))
+        return self.scale(self.unscaled(cells_mev))
 
     def inverse(self, scaled: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Scaled cells back to MeV (values below the threshold stay as the model made them)."""
@@ -111,7 +115,7 @@ def preprocess_blocks(
         with torch.no_grad():
             measured = estimator(torch.from_numpy(unscaled)).numpy()
         yield _dataset(
-            cells=np.power(unscaled, np.float32(transform.power)),
+            cells=transform.scale(unscaled),
             block=block.isel(event=np.flatnonzero(keep)),
             total=total,
             measured=measured,

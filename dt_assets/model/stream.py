@@ -46,10 +46,6 @@ class TrainingData:
     def transform(self) -> Transform:
         return preprocessed_transform(self._stores[0])
 
-    @property
-    def geometry_json(self) -> str:
-        return self._stores[0].attrs["geometry_json"]
-
     def n_events(self, split: str = "train") -> int:
         return int(sum((s == SPLITS[split]).sum() for s in self._splits))
 

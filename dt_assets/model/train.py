@@ -33,7 +33,7 @@ from torch import nn
 from ..physics.geometry import Geometry
 from ..showers.store import atomic_file, url_to_fs
 from .gan3d import Discriminator, gan_losses
-from .generation import CaloGenerator, generator_payload, load_generator
+from .generation import CaloGenerator, generator_from_payload, generator_payload, load_generator, read_payload
 from .step import GANStep, TrainConfig, TrainingCollapsedError
 from .stream import TrainingData
 
@@ -253,7 +253,7 @@ def validate(
                 batch.total,
                 config.loss_weights,
             )
-        unscaled = fake.clamp_min(0).pow(1 / generator.transform.power)
+        unscaled = generator.transform.inverse(fake) / generator.transform.mev_per_unit
         generated_total = torch.where(unscaled >= threshold, unscaled, 0).sum(dim=(1, 2, 3, 4))
         values = {
             "val_d_real": real_loss.item(),
@@ -275,7 +275,7 @@ def _read_checkpoint(url: str, storage_options: Mapping[str, Any] | None) -> dic
     if not fs.exists(path):
         return None
     with fs.open(path, "rb") as handle:
-        return torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
+        return read_payload(handle.read(), url)
 
 
 def _write_checkpoint(url, storage_options, generator, discriminator, opt_g, opt_d, epoch, history) -> None:
@@ -298,11 +298,12 @@ def _warm_start(
     generator: CaloGenerator, discriminator: Discriminator, source: str, storage_options: Mapping[str, Any] | None
 ) -> None:
     """Start from another model's weights (a registry URI, a generator file or a checkpoint)."""
-    start = load_generator(source, storage_options)
+    payload = None if source.startswith("models:/") else _read_checkpoint(source, storage_options)
+    if payload is None and not source.startswith("models:/"):
+        raise FileNotFoundError(f"{source}: no such generator or checkpoint")
+    start = load_generator(source) if payload is None else generator_from_payload(payload, source)
     if start.spec()["architecture"] != generator.spec()["architecture"]:
         raise ValueError(f"warm start {source}: its architecture does not match this geometry's")
     generator.load_state_dict(start.state_dict())
-    if not source.startswith("models:/"):
-        payload = _read_checkpoint(source, storage_options)
-        if payload and "discriminator" in payload:
-            discriminator.load_state_dict(payload["discriminator"])
+    if payload is not None and "discriminator" in payload:  # a checkpoint: the discriminator too
+        discriminator.load_state_dict(payload["discriminator"])
