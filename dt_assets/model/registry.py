@@ -58,7 +58,11 @@ def log_generator(
     registered_model_name: str = DEFAULT_MODEL_NAME,
     tags: Mapping[str, str] | None = None,
 ) -> ModelVersion:
-    """Log ``generator`` to the active MLflow run, register a new version and tag it; return the version."""
+    """Log ``generator`` to the active MLflow run, register a new version and tag it; return the version.
+
+    The MLflow flavour exports the model with an input example on the CPU, so ``generator`` is moved to
+    the CPU and put in eval mode.
+    """
     if mlflow.active_run() is None:
         raise RuntimeError("log_generator needs an active MLflow run (mlflow.start_run())")
     with tempfile.TemporaryDirectory() as tmp:
