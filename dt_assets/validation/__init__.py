@@ -1,0 +1,1 @@
+"""Physics validation: observables, metrics, conditions grid, validate(), report and promotion rule."""

@@ -1,0 +1,258 @@
+"""What a validation computes and how it judges: observables, metrics, thresholds, grid, statistics.
+
+One YAML file (or the Dagster asset's ``Config``, or a dict) chooses everything; keys left out keep
+their defaults, and ``thresholds`` entries override the defaults one by one. A threshold applies to
+``abs(value)`` of a metric; keys are a metric name (every observable), ``observable.metric`` (one
+observable, which wins), or a global metric (``fpd``, ``kpd``, ``classifier_auc``). A threshold of
+``null`` keeps the number in the report without a check. Example::
+
+    observables: [e_sum, e_ratio, center_z, width_x, longitudinal_profile]
+    metrics: [mean_error, width_error, separation_power]
+    thresholds: {mean_error: 0.03, e_ratio.mean_error: 0.02, ks: null}
+    grid: {energy_range_gev: [10, 200], n_energies: 3, angles_deg: [62, 90, 118]}
+    bootstrap: 200
+    score: fpd
+
+The default thresholds were calibrated on MC against independent MC at 500 events per cell on the
+small preset (bench/validation.py prints that calibration): each sits well above the largest value
+the statistical floor reached, so independent MC passes, while a 10% energy-scale error, a
+one-layer profile shift or 20% wider showers fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .classifier import ClassifierSettings
+from .grid import ConditionsGrid
+from .metrics import DEFAULT_METRICS, get_metric
+from .observables import DEFAULT_OBSERVABLES, DEFAULT_THRESHOLD_MEV, get_observable
+
+GLOBAL_METRICS = ("fpd", "kpd", "classifier_auc")
+#: Scores a promotion can rank by, and whether lower is better.
+SCORES = {"fpd": True, "kpd": True, "classifier_auc": True, "coverage": False}
+
+DEFAULT_THRESHOLDS: dict[str, float | None] = {
+    "mean_error": 0.05,
+    "width_error": 0.2,
+    "separation_power": 0.08,
+    "wasserstein": 0.3,
+    "ks": 0.2,
+    # positions: the mean shift is in units of the reference spread
+    "center_x.mean_error": 0.35,
+    "center_y.mean_error": 0.35,
+    "center_z.mean_error": 0.35,
+    "skewness_x.mean_error": 0.35,
+    "skewness_y.mean_error": 0.35,
+    "skewness_z.mean_error": 0.35,
+    "max_x.mean_error": 0.35,
+    "max_y.mean_error": 0.35,
+    "max_layer.mean_error": 0.35,
+    "transverse_profile_x.mean_error": 0.35,
+    "transverse_profile_y.mean_error": 0.35,
+    "longitudinal_profile.mean_error": 0.35,
+    # the hottest cell's position is discrete (often one cell for every event): no width check
+    "max_x.width_error": None,
+    "max_y.width_error": None,
+    "max_layer.width_error": None,
+    # skewness fluctuates more than the lower moments
+    "skewness_x.width_error": 0.35,
+    "skewness_y.width_error": 0.35,
+    "skewness_z.width_error": 0.35,
+    "fpd": 0.05,
+    "kpd": 0.02,
+    "classifier_auc": 0.65,
+}
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """The conditions grid; ``energies_gev`` given explicitly wins over ``n_energies``."""
+
+    energy_range_gev: tuple[float, float] = (10.0, 200.0)
+    n_energies: int = 5
+    energies_gev: tuple[float, ...] | None = None
+    angles_deg: tuple[float, ...] = (62.0, 90.0, 118.0)
+    energy_half_width_gev: float = 5.0
+    angle_half_width_rad: float = 0.1
+
+    def grid(self) -> ConditionsGrid:
+        if self.energies_gev:
+            return ConditionsGrid(
+                energies_gev=tuple(float(e) for e in self.energies_gev),
+                angles_deg=tuple(float(a) for a in self.angles_deg),
+                energy_half_width_gev=self.energy_half_width_gev,
+                angle_half_width_rad=self.angle_half_width_rad,
+                energy_range_gev=tuple(float(e) for e in self.energy_range_gev),
+            )
+        return ConditionsGrid.spanning(
+            tuple(float(e) for e in self.energy_range_gev),
+            self.n_energies,
+            tuple(float(a) for a in self.angles_deg),
+            self.energy_half_width_gev,
+            self.angle_half_width_rad,
+        )
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Everything a validation needs to know; see the module docstring for the YAML form."""
+
+    observables: tuple[str, ...] = DEFAULT_OBSERVABLES
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    thresholds: Mapping[str, float | None] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    grid: GridSettings = field(default_factory=GridSettings)
+    events_per_cell: int = 500
+    min_events_per_cell: int = 100
+    bins: int = 30
+    bootstrap: int = 100
+    confidence: float = 0.95
+    min_coverage: float = 1.0
+    score: str = "fpd"
+    global_features: tuple[str, ...] | None = None
+    fpd_batches: int = 10
+    fpd_points: int = 8
+    kpd_batches: int = 10
+    kpd_batch_size: int = 1000
+    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    threshold_mev: float = DEFAULT_THRESHOLD_MEV
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in self.observables:
+            get_observable(name)
+        for name in self.metrics:
+            get_metric(name)
+        for name in self.global_features or ():
+            if get_observable(name).binned:
+                raise ValueError(f"global_features: {name!r} is binned; FPD/KPD/classifier take scalar observables")
+        for key, value in self.thresholds.items():
+            self._check_threshold_key(key)
+            if value is not None and (not isinstance(value, (int, float)) or value < 0 or value != value):
+                raise ValueError(f"thresholds.{key} must be a number >= 0 or null, got {value!r}")
+        positive = ("events_per_cell", "min_events_per_cell", "bins", "bootstrap", "fpd_batches", "kpd_batches")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.fpd_points < 2:
+            raise ValueError(f"fpd_points must be >= 2, got {self.fpd_points!r}")
+        if self.kpd_batch_size < 2:
+            raise ValueError(f"kpd_batch_size must be >= 2, got {self.kpd_batch_size!r}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must lie in (0, 1), got {self.confidence!r}")
+        if not 0 <= self.min_coverage <= 1:
+            raise ValueError(f"min_coverage must lie in [0, 1], got {self.min_coverage!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {sorted(SCORES)}, got {self.score!r}")
+        if self.threshold_mev < 0:
+            raise ValueError(f"threshold_mev must be >= 0, got {self.threshold_mev!r}")
+        self.grid.grid()  # raises naming the bad grid value
+
+    @staticmethod
+    def _check_threshold_key(key: str) -> None:
+        if key in GLOBAL_METRICS:
+            return
+        observable, _, metric = key.rpartition(".")
+        try:
+            get_metric(metric)
+            if observable:
+                get_observable(observable)
+        except KeyError as exc:
+            raise ValueError(f"thresholds: bad key {key!r}: {exc.args[0]}") from None
+
+    def threshold(self, observable: str | None, metric: str) -> float | None:
+        """The threshold of ``metric`` on ``observable`` (or of a global metric), None for no check."""
+        if observable is not None and f"{observable}.{metric}" in self.thresholds:
+            return self.thresholds[f"{observable}.{metric}"]
+        return self.thresholds.get(metric)
+
+    def conditions_grid(self) -> ConditionsGrid:
+        return self.grid.grid()
+
+    def scalar_features(self) -> tuple[str, ...]:
+        """The scalar observables FPD, KPD and the classifier use (with E_p and theta)."""
+        if self.global_features:
+            return tuple(self.global_features)
+        return tuple(n for n in self.observables if not get_observable(n).binned)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["thresholds"] = dict(self.thresholds)
+        return _plain(d)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ValidationConfig:
+        """Build from a mapping (YAML, JSON, the asset's Config); unknown keys are errors naming them."""
+        data = dict(data or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown validation setting(s) {unknown}; known: {sorted(known)}")
+        if "thresholds" in data:
+            data["thresholds"] = {**DEFAULT_THRESHOLDS, **dict(data["thresholds"] or {})}
+        if "grid" in data:
+            data["grid"] = _nested(GridSettings, data["grid"], "grid")
+        if "classifier" in data:
+            data["classifier"] = _nested(ClassifierSettings, data["classifier"], "classifier")
+        for name in ("observables", "metrics", "global_features"):
+            if data.get(name) is not None:
+                if isinstance(data[name], str):
+                    raise ValueError(f"{name} must be a list of names, got the string {data[name]!r}")
+                data[name] = tuple(data[name])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"bad validation settings: {exc}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ValidationConfig:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({exc})") from None
+        if data is not None and not isinstance(data, Mapping):
+            raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{path}: {exc.args[0]}") from None
+
+    @classmethod
+    def coerce(cls, config: ValidationConfig | Mapping[str, Any] | str | Path | None) -> ValidationConfig:
+        """A config from a config, a mapping, a YAML path, or None (the defaults)."""
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        if isinstance(config, (str, Path)):
+            return cls.from_yaml(config)
+        return cls.from_dict(config)
+
+
+def _nested(kind: type, value: Any, name: str) -> Any:
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be a mapping, got {value!r}")
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"unknown {name} setting(s) {unknown}; known: {sorted(known)}")
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    return kind(**converted)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
