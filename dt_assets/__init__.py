@@ -26,6 +26,9 @@ _EXPORTS = {
     "build_generator": ".model.generation",
     "generate": ".model.generation",
     "load_generator": ".model.generation",
+    "validate": ".validation.validate",
+    "ValidationConfig": ".validation.config",
+    "ValidationResult": ".validation.result",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -2,15 +2,35 @@
 
 import dagster as dg
 
-from resources import storage_from_env, tracking_resource
+from resources import ModelRegistry, storage_from_env, tracking_resource
 
 from .defs.data import raw_showers, simulation_runs
-from .defs.jobs import ingest_runs_job, register_runs_job, train_job
+from .defs.jobs import ingest_runs_job, register_runs_job, train_job, validate_job
 from .defs.model import gan_model
 from .defs.preprocess import preprocessed_showers, training_set
+from .defs.validation import (
+    champion_model,
+    generated_showers,
+    mc_reference,
+    speed_benchmark,
+    validation_checks,
+    validation_report,
+)
 
 defs = dg.Definitions(
-    assets=[simulation_runs, raw_showers, preprocessed_showers, training_set, gan_model],
-    jobs=[register_runs_job, ingest_runs_job, train_job],
-    resources={"storage": storage_from_env(), "mlflow": tracking_resource()},
+    assets=[
+        simulation_runs,
+        raw_showers,
+        preprocessed_showers,
+        training_set,
+        gan_model,
+        mc_reference,
+        generated_showers,
+        validation_report,
+        champion_model,
+        speed_benchmark,
+    ],
+    asset_checks=validation_checks,
+    jobs=[register_runs_job, ingest_runs_job, train_job, validate_job],
+    resources={"storage": storage_from_env(), "mlflow": tracking_resource(), "registry": ModelRegistry()},
 )

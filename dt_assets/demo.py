@@ -4,8 +4,12 @@ On the small CPU preset (small_ecal_15x15x12) it registers two Monte Carlo runs 
 in the 3DGAN layout (written here from the simulator, standing in for a Geant4 file),
 materializes ``raw_showers`` (with its checks) and ``preprocessed_showers`` for each run, then
 ``training_set`` and ``gan_model``: a short 3DGAN training, logged to MLflow and registered as a
-new version of ``calotwin-3dgan`` (alias ``challenger``). It prints runs, events, bytes on disk,
-the model and where to look. Materializations are recorded in ``$DAGSTER_HOME`` (default
+new version of ``calotwin-3dgan`` (alias ``challenger``). Then it validates that version:
+``mc_reference`` (independent MC on the energy x angle grid), ``generated_showers`` and
+``validation_report`` with its blocking checks, and ``champion_model`` decides the promotion (in a
+run of its own, so the decision and its reason are recorded even when a check failed). It prints
+runs, events, bytes on disk, the model, the verdict, the report's path, the promotion decision and
+where to look. Materializations are recorded in ``$DAGSTER_HOME`` (default
 ``$CALOTWIN_HOME/dagster``), so ``make ui`` shows them afterwards; ``make mlflow-ui`` shows the
 MLflow run and the registered model. Running it again does no work twice.
 """
@@ -57,6 +61,14 @@ def _example_file(home) -> str:
     return str(path)
 
 
+def _metadata(instance, key) -> dict | None:
+    """The latest materialization's metadata values of an asset, or None."""
+    event = instance.get_latest_materialization_event(key)
+    if event is None:
+        return None
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
@@ -66,18 +78,27 @@ def main(argv: list[str] | None = None) -> int:
     import dagster as dg
     from tqdm import tqdm
 
-    from resources import storage_from_env, tracking_resource
+    from resources import ModelRegistry, storage_from_env, tracking_resource
 
     from .defs.data import raw_showers, simulation_runs
     from .defs.model import gan_model
     from .defs.preprocess import preprocessed_showers, training_set
+    from .defs.validation import (
+        champion_model,
+        generated_showers,
+        mc_reference,
+        read_result,
+        validation_checks,
+        validation_report,
+    )
     from .model.registry import default_tracking_uri
     from .showers.store import open_store, store_size_bytes
+    from .validation.promotion import gates
 
     started = time.monotonic()
     instance = dg.DagsterInstance.get()
     storage = storage_from_env()
-    resources = {"storage": storage, "mlflow": tracking_resource()}
+    resources = {"storage": storage, "mlflow": tracking_resource(), "registry": ModelRegistry()}
     print(f"CaloTwin demo: data home {calotwin_home()}, Dagster home {os.environ['DAGSTER_HOME']}")
     example = _example_file(home)
     config = {"simulations": DEMO_RUNS, "import_files": [{"path": example}]}
@@ -133,6 +154,30 @@ def main(argv: list[str] | None = None) -> int:
         f"\nmodel: {model['model_uri']} (alias challenger), MLflow run {model['mlflow_run_id']}; validation "
         f"E_sum/E_p GAN {model['val_esum_over_ep_gan']:.4f} vs MC {model['val_esum_over_ep_mc']:.4f}"
     )
+
+    report = _metadata(instance, validation_report.key)
+    if report is None or report["model_uri"] != model["model_uri"]:
+        print(f"\nvalidating {model['model_uri']} against an independent MC reference (grid of energy x angle cells)")
+        dg.materialize(
+            [mc_reference, generated_showers, validation_report, *validation_checks],
+            instance=instance,
+            resources=resources,
+            run_config=QUIET,
+            raise_on_error=False,
+        )
+        report = _metadata(instance, validation_report.key)
+    decision = _metadata(instance, champion_model.key)
+    if decision is None or decision["candidate_version"] != model["model_version"]:
+        # its own run, so that the decision (and its reason) is recorded even when a blocking check failed
+        dg.materialize([champion_model], instance=instance, resources=resources, run_config=QUIET)
+        decision = _metadata(instance, champion_model.key)
+    result = read_result(storage, report["result_json"])
+    print(f"validation: {result.summary()}")
+    print("blocking checks: " + ", ".join(f"{g.name} {'passed' if g.passed else 'FAILED'}" for g in gates(result)))
+    print(f"report:     {report['report']}")
+    verb = "promoted to champion" if decision["promoted"] else "not promoted"
+    print(f"promotion:  version {decision['candidate_version']} {verb}: {decision['reason']}")
+
     print(f"\nraw showers (zarr):  {storage.url('data', 'raw')}")
     print(f"GAN tensors (zarr):  {storage.url('data', 'preprocessed')}")
     print(f"run specs (json):    {storage.url('data', 'runs')}")

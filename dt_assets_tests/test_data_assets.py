@@ -54,29 +54,47 @@ def test_definitions_load_with_the_pinned_graph():
         "preprocessed_showers",
         "training_set",
         "gan_model",
+        "mc_reference",
+        "generated_showers",
+        "validation_report",
+        "champion_model",
+        "speed_benchmark",
     }
     assert {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys} == {
         ("raw_showers", "schema_and_units"),
         ("raw_showers", "finite_non_negative"),
         ("raw_showers", "sampling_fraction_consistency"),
+        ("validation_report", "coverage_gate"),
+        ("validation_report", "fpd_gate"),
+        ("validation_report", "kpd_gate"),
+        ("validation_report", "classifier_auc_gate"),
     }
     lineage = {
         "raw_showers": {"simulation_runs"},
         "preprocessed_showers": {"raw_showers"},
         "training_set": {"preprocessed_showers"},
         "gan_model": {"training_set"},
+        "generated_showers": {"mc_reference", "gan_model"},
+        "validation_report": {"generated_showers", "mc_reference"},
+        "champion_model": {"validation_report"},
+        "speed_benchmark": {"gan_model"},
     }
     for child, parents in lineage.items():
         assert {k.to_user_string() for k in graph.get(dg.AssetKey(child)).parent_keys} == parents, child
     for partitioned in ("raw_showers", "preprocessed_showers"):
         assert graph.get(dg.AssetKey(partitioned)).partitions_def.name == "simulation_runs"
-    assert {j.name for j in repo.get_all_jobs()} - {"__ASSET_JOB"} == {"register_runs", "ingest_runs", "train_gan"}
+    assert {j.name for j in repo.get_all_jobs()} - {"__ASSET_JOB"} == {
+        "register_runs",
+        "ingest_runs",
+        "train_gan",
+        "validate_and_promote",
+    }
     assert not list(repo.schedule_defs)
     # the sensor that evaluates raw_showers' on_missing() condition exists and is off until a user turns it on
     (sensor,) = repo.sensor_defs
     assert sensor.name == "default_automation_condition_sensor"
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
-    assert set(defs.resources) == {"storage", "mlflow"}
+    assert set(defs.resources) == {"storage", "mlflow", "registry"}
 
 
 def test_registering_the_same_run_twice_makes_one_partition(home, instance):

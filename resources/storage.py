@@ -24,7 +24,8 @@ STORAGE_URL_ENV = "CALOTWIN_STORAGE_URL"
 
 class StorageResource(ConfigurableResource):
     """A root location with a fixed layout: ``data/raw/<run>.zarr``, ``data/runs/<run>.json``,
-    ``data/preprocessed/<run>.zarr``, ``data/training_set.json``, ``checkpoints/<training>/``."""
+    ``data/preprocessed/<run>.zarr``, ``data/training_set.json``, ``checkpoints/<training>/``,
+    ``validation/`` (reference and generated samples) and ``reports/``."""
 
     @abstractmethod
     def root_url(self) -> str:
@@ -52,6 +53,14 @@ class StorageResource(ConfigurableResource):
 
     def checkpoint_dir(self, training_key: str) -> str:
         return self.url("checkpoints", training_key)
+
+    def validation_url(self, *parts: str) -> str:
+        """Validation samples and pointers: ``validation/mc_reference/<key>.zarr``, ``validation/<asset>.json``."""
+        return self.url("validation", *parts)
+
+    def report_url(self, *parts: str) -> str:
+        """Validation reports: ``reports/<model>/v<version>/<reference>-<settings>/report.html``."""
+        return self.url("reports", *parts)
 
     def exists(self, url: str) -> bool:
         fs, path = url_to_fs(url, self.options())

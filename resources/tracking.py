@@ -12,8 +12,10 @@ from __future__ import annotations
 import warnings
 from types import SimpleNamespace
 
-from dagster import BetaWarning, Field, Noneable, StringSource, resource
+import mlflow
+from dagster import BetaWarning, ConfigurableResource, Field, Noneable, StringSource, resource
 from dagster_mlflow.resources import CONFIG_SCHEMA, MlFlow
+from pydantic import Field as PydanticField
 
 from dt_assets.model.registry import DEFAULT_EXPERIMENT, default_tracking_uri, ensure_experiment
 
@@ -45,3 +47,21 @@ def calotwin_mlflow(context) -> MlFlow:
 def tracking_resource(experiment_name: str = DEFAULT_EXPERIMENT):
     """The configured resource the Definitions use (tracking URI from the environment at run time)."""
     return calotwin_mlflow.configured({"experiment_name": experiment_name})
+
+
+class ModelRegistry(ConfigurableResource):
+    """The MLflow tracking server and model registry the validation and promotion assets use.
+
+    It starts no MLflow run of its own (unlike ``mlflow``): validation results are logged to the
+    training run of the model version they judge.
+    """
+
+    tracking_uri: str = PydanticField(
+        default="", description="MLflow tracking URI; empty: $CALOTWIN_MLFLOW_URI or the sqlite store in the data home."
+    )
+
+    def activate(self) -> str:
+        """Point MLflow at this registry; returns the URI."""
+        uri = self.tracking_uri or default_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        return uri

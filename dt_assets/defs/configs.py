@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import dagster as dg
@@ -11,6 +12,7 @@ from ..model.train import TrainConfig
 from ..physics.geometry import DEFAULT_GEOMETRY, GEOMETRIES
 from ..physics.simulator import ENERGY_RANGE_GEV, THETA_RANGE_DEG
 from ..runs import SimulationSpec
+from ..validation.config import SCORES, GridSettings, ValidationConfig
 
 
 def _known_geometry(value: str | None) -> str | None:
@@ -147,3 +149,135 @@ class GanModelConfig(dg.Config):
             seed=self.seed,
             max_steps_per_epoch=self.max_steps_per_epoch or None,
         )
+
+
+def _validation_base(config_file: str) -> ValidationConfig:
+    try:
+        return ValidationConfig.from_yaml(config_file) if config_file else ValidationConfig()
+    except (OSError, ValueError) as exc:
+        raise dg.Failure(f"config_file: {exc}") from None
+
+
+class ReferenceConfig(dg.Config):
+    """The MC reference for validation: showers at the grid's conditions, never used in training.
+
+    The grid and events per cell come from ``config_file`` (a validation YAML) or the defaults; the
+    fields below override them where set. Twice ``events_per_cell`` are simulated per cell: half
+    the reference, half the independent MC sample of the MC-vs-MC baseline.
+    """
+
+    config_file: str = Field(default="", description="Validation YAML (grid, events_per_cell); empty: defaults.")
+    geometry: str = Field(default="small_ecal_15x15x12", description="Geometry preset of the model to validate.")
+    particle: Literal["e-", "e+", "gamma"] = Field(default="e-", description="Incident particle.")
+    seed: int = Field(
+        default=1_000_000, ge=0, description="MC seed; far from the training runs' seeds, so the sample is independent."
+    )
+    events_per_cell: int | None = Field(default=None, ge=1, description="Events per grid cell (default 500).")
+    energy_min_gev: float | None = Field(default=None, description="Low edge of the grid's energy range (GeV).")
+    energy_max_gev: float | None = Field(default=None, description="High edge of the grid's energy range (GeV).")
+    n_energies: int | None = Field(default=None, ge=1, description="Energy cells spread over the range (default 5).")
+    angles_deg: list[float] | None = Field(default=None, description="Angle cell centres (default 62, 90, 118).")
+
+    _check_geometry = field_validator("geometry")(_known_geometry)
+
+    def validation_config(self) -> ValidationConfig:
+        base = _validation_base(self.config_file)
+        grid = dataclasses.asdict(base.grid)
+        low, high = grid["energy_range_gev"]
+        grid["energy_range_gev"] = (
+            self.energy_min_gev if self.energy_min_gev is not None else low,
+            self.energy_max_gev if self.energy_max_gev is not None else high,
+        )
+        if self.n_energies is not None:
+            grid["n_energies"], grid["energies_gev"] = self.n_energies, None
+        if self.angles_deg is not None:
+            grid["angles_deg"] = tuple(self.angles_deg)
+        events = self.events_per_cell if self.events_per_cell is not None else base.events_per_cell
+        try:
+            return dataclasses.replace(base, grid=GridSettings(**grid), events_per_cell=events)
+        except ValueError as exc:
+            raise dg.Failure(f"bad validation grid: {exc}") from None
+
+
+class GeneratedShowersConfig(dg.Config):
+    """Showers from a registered generator at the MC reference's conditions."""
+
+    model_uri: str = Field(
+        default="", description="Generator to validate (models:/name@alias or models:/name/N); empty: the challenger."
+    )
+    registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
+    seed: int = Field(default=2_000_000, ge=0, description="Seed of the generator's noise and conditions.")
+
+    def resolved_uri(self) -> str:
+        return self.model_uri or f"models:/{self.registered_model_name}@challenger"
+
+
+class ValidationReportConfig(dg.Config):
+    """What the validation computes and how it judges; the grid is the MC reference's.
+
+    ``config_file`` (a validation YAML) is the base; fields set here override it.
+    """
+
+    config_file: str = Field(default="", description="Validation YAML; empty: the built-in defaults.")
+    observables: list[str] | None = Field(default=None, description="Observables to compare (default: all).")
+    metrics: list[str] | None = Field(default=None, description="Metrics per observable and cell (default: all).")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Threshold overrides on |value|: 'metric', 'observable.metric', 'fpd', 'kpd', 'classifier_auc'.",
+    )
+    bootstrap: int | None = Field(default=None, ge=1, description="Bootstrap replicas per metric (default 100).")
+    min_coverage: float | None = Field(
+        default=None, ge=0, le=1, description="Fraction of grid cells that must pass (default 1)."
+    )
+    score: str | None = Field(
+        default=None,
+        description="Score a promotion must beat the champion on: fpd (default), kpd, classifier_auc or coverage.",
+    )
+    classifier_epochs: int | None = Field(default=None, ge=1, description="Classifier training epochs (default 50).")
+
+    @field_validator("score")
+    @classmethod
+    def _known_score(cls, value: str | None) -> str | None:
+        if value is not None and value not in SCORES:
+            raise ValueError(f"unknown score {value!r}; one of {sorted(SCORES)}")
+        return value
+
+    def validation_config(self, reference: ValidationConfig) -> ValidationConfig:
+        """The settings: file (or defaults), then the reference's grid and events, then these fields."""
+        base = _validation_base(self.config_file)
+        changes: dict = {"grid": reference.grid, "events_per_cell": reference.events_per_cell}
+        if self.observables is not None:
+            changes["observables"] = tuple(self.observables)
+        if self.metrics is not None:
+            changes["metrics"] = tuple(self.metrics)
+        if self.thresholds:
+            changes["thresholds"] = {**base.thresholds, **self.thresholds}
+        for name in ("bootstrap", "min_coverage", "score"):
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        if self.classifier_epochs is not None:
+            changes["classifier"] = dataclasses.replace(base.classifier, epochs=self.classifier_epochs)
+        try:
+            return dataclasses.replace(base, **changes)
+        except (ValueError, KeyError) as exc:
+            raise dg.Failure(f"bad validation settings: {exc}") from None
+
+
+class ChampionConfig(dg.Config):
+    """Promotion of the validated challenger to champion."""
+
+    registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
+
+
+class SpeedBenchmarkConfig(dg.Config):
+    """Generation speed of a registered generator against the MC, on this machine."""
+
+    model_uri: str = Field(default="", description="Generator to time; empty: the challenger.")
+    registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
+    n_events: int = Field(default=512, ge=1, description="Showers per timing.")
+    batch_size: int = Field(default=128, ge=1, description="Generator batch size.")
+    energy_gev: float = Field(default=100.0, ge=ENERGY_RANGE_GEV[0], le=ENERGY_RANGE_GEV[1], description="GeV.")
+    theta_deg: float = Field(default=90.0, ge=THETA_RANGE_DEG[0], le=THETA_RANGE_DEG[1], description="Degrees.")
+
+    def resolved_uri(self) -> str:
+        return self.model_uri or f"models:/{self.registered_model_name}@challenger"

@@ -16,3 +16,9 @@ train_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("training_set", "gan_model"),
     description="Rebuild the training set from the preprocessed runs and train, log and register a 3DGAN.",
 )
+validate_job = dg.define_asset_job(
+    "validate_and_promote",
+    selection=dg.AssetSelection.assets("mc_reference", "generated_showers", "validation_report", "champion_model"),
+    description="Validate the challenger against the MC reference (report, blocking checks) and promote it to "
+    "champion if it passes and beats the current champion.",
+)

@@ -8,14 +8,17 @@ the data home (MLflow 3 refuses a plain file store); any tracking server works b
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
 
 from ..home import calotwin_home
@@ -94,3 +97,44 @@ def download_generator(model_uri: str) -> CaloGenerator:
     if not path.exists():
         raise FileNotFoundError(f"{model_uri}: the model has no CaloTwin generator file ({path.name})")
     return generator_from_bytes(path.read_bytes(), model_uri)
+
+
+def resolve_version(model_uri: str) -> ModelVersion:
+    """The registered version a ``models:/name@alias`` or ``models:/name/N`` URI points to."""
+    if not model_uri.startswith("models:/"):
+        raise ValueError(f"{model_uri!r} is not a registry URI (models:/name@alias or models:/name/N)")
+    path = model_uri.removeprefix("models:/")
+    client = MlflowClient()
+    try:
+        if "@" in path:
+            name, alias = path.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = path.rpartition("/")
+        return client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException as exc:
+        raise LookupError(f"{model_uri}: no such registered model version ({exc.message})") from None
+
+
+def alias_version(alias: str, registered_model_name: str = DEFAULT_MODEL_NAME) -> ModelVersion | None:
+    """The version holding ``alias``, or None when no version holds it (or the model does not exist)."""
+    try:
+        return MlflowClient().get_model_version_by_alias(registered_model_name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def tag_version(version: ModelVersion, tags: Mapping[str, object]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(version.name, version.version, key, str(value))
+
+
+def log_to_run(run_id: str, metrics: Mapping[str, float], files: list[str], artifact_path: str) -> None:
+    """Log finite ``metrics`` and ``files`` to an existing (finished) run, e.g. a model's training run."""
+    client = MlflowClient()
+    stamp = int(time.time() * 1000)
+    batch = [Metric(k, float(v), stamp, 0) for k, v in metrics.items() if v is not None and math.isfinite(v)]
+    for start in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[start : start + 1000])
+    for path in files:
+        client.log_artifact(run_id, path, artifact_path)

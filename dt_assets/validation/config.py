@@ -14,9 +14,10 @@ observable, which wins), or a global metric (``fpd``, ``kpd``, ``classifier_auc`
     score: fpd
 
 The default thresholds were calibrated on MC against independent MC at 500 events per cell on the
-small preset (bench/validation.py prints that calibration): each sits well above the largest value
-the statistical floor reached, so independent MC passes, while a 10% energy-scale error, a
-one-layer profile shift or 20% wider showers fail.
+small preset (``bench/validation.py`` prints that calibration): each sits about 1.4x or more above
+the largest value any of 150 MC-vs-MC cell comparisons reached, so independent MC passes, while a
+10% energy-scale error, a one-layer profile shift or 20% wider showers fail. With fewer events per
+cell the statistical floor rises: the report flags checks whose baseline reaches the threshold.
 """
 
 from __future__ import annotations
@@ -40,34 +41,35 @@ SCORES = {"fpd": True, "kpd": True, "classifier_auc": True, "coverage": False}
 
 DEFAULT_THRESHOLDS: dict[str, float | None] = {
     "mean_error": 0.05,
-    "width_error": 0.2,
-    "separation_power": 0.08,
-    "wasserstein": 0.3,
-    "ks": 0.2,
+    "width_error": 0.25,
+    "separation_power": 0.1,
+    "wasserstein": 0.45,
+    "ks": 0.22,
     # positions: the mean shift is in units of the reference spread
-    "center_x.mean_error": 0.35,
-    "center_y.mean_error": 0.35,
-    "center_z.mean_error": 0.35,
-    "skewness_x.mean_error": 0.35,
-    "skewness_y.mean_error": 0.35,
-    "skewness_z.mean_error": 0.35,
-    "max_x.mean_error": 0.35,
-    "max_y.mean_error": 0.35,
-    "max_layer.mean_error": 0.35,
-    "transverse_profile_x.mean_error": 0.35,
-    "transverse_profile_y.mean_error": 0.35,
-    "longitudinal_profile.mean_error": 0.35,
-    # the hottest cell's position is discrete (often one cell for every event): no width check
+    **{
+        f"{name}.mean_error": 0.45
+        for name in (
+            "center_x",
+            "center_y",
+            "center_z",
+            "skewness_x",
+            "skewness_y",
+            "skewness_z",
+            "max_x",
+            "max_y",
+            "max_layer",
+            "longitudinal_profile",
+            "transverse_profile_x",
+            "transverse_profile_y",
+        )
+    },
+    # the hottest cell's position is discrete (often the same cell in every event): no width check
     "max_x.width_error": None,
     "max_y.width_error": None,
     "max_layer.width_error": None,
-    # skewness fluctuates more than the lower moments
-    "skewness_x.width_error": 0.35,
-    "skewness_y.width_error": 0.35,
-    "skewness_z.width_error": 0.35,
-    "fpd": 0.05,
-    "kpd": 0.02,
-    "classifier_auc": 0.65,
+    "fpd": 0.005,
+    "kpd": 0.005,
+    "classifier_auc": 0.6,
 }
 
 
@@ -125,10 +127,13 @@ class ValidationConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in self.observables:
-            get_observable(name)
-        for name in self.metrics:
-            get_metric(name)
+        try:
+            for name in (*self.observables, *(self.global_features or ())):
+                get_observable(name)
+            for name in self.metrics:
+                get_metric(name)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
         for name in self.global_features or ():
             if get_observable(name).binned:
                 raise ValueError(f"global_features: {name!r} is binned; FPD/KPD/classifier take scalar observables")

@@ -11,11 +11,12 @@ metrics (mean and width errors) fail both ways.
 Definitions:
 
 - ``mean_error``: ``(mean_c - mean_r) / |mean_r|`` for magnitudes; for positions (observables of
-  kind ``"position"``) ``(mean_c - mean_r) / std_r``, the shift in units of the reference spread.
+  kind ``"position"``) ``(mean_c - mean_r) / max(std_r, resolution)``, the shift in units of the
+  reference spread (never below the observable's resolution, e.g. one cell).
 - ``width_error``: ``(std_c - std_r) / std_r``.
 - ``separation_power``: ``S = 1/2 sum_i (h_r,i - h_c,i)^2 / (h_r,i + h_c,i)`` on histograms normalised to
   unit sum (CaloChallenge); 0 for identical, 1 for disjoint histograms.
-- ``wasserstein``: the 1-Wasserstein distance ``int |F_r - F_c| dx`` divided by ``std_r``
+- ``wasserstein``: the 1-Wasserstein distance ``int |F_r - F_c| dx`` divided by ``max(std_r, resolution)``
   (unit-free, so one threshold serves all observables).
 - ``ks``: the Kolmogorov-Smirnov statistic ``max |F_r - F_c|``.
 
@@ -45,12 +46,13 @@ class Sample:
     weights: np.ndarray
     edges: np.ndarray
     kind: str = "magnitude"
+    resolution: float = 0.0
 
     @classmethod
-    def of(cls, values: np.ndarray, edges: np.ndarray, kind: str = "magnitude") -> Sample:
+    def of(cls, values: np.ndarray, edges: np.ndarray, kind: str = "magnitude", resolution: float = 0.0) -> Sample:
         """A single replica of unweighted values."""
         values = np.asarray(values, dtype=np.float64)[None, :]
-        return cls(values, np.ones_like(values), np.asarray(edges, dtype=np.float64), kind)
+        return cls(values, np.ones_like(values), np.asarray(edges, dtype=np.float64), kind, resolution)
 
     @cached_property
     def total(self) -> np.ndarray:
@@ -64,6 +66,11 @@ class Sample:
     def std(self) -> np.ndarray:
         centred = self.values - self.mean[:, None]
         return np.sqrt(np.clip(_divide((self.weights * centred**2).sum(axis=1), self.total), 0, None))
+
+    @cached_property
+    def scale(self) -> np.ndarray:
+        """The spread distances are measured in: the standard deviation, at least the resolution."""
+        return np.maximum(self.std, self.resolution)
 
     @cached_property
     def histogram(self) -> np.ndarray:
@@ -144,7 +151,7 @@ def get_metric(name: str) -> Metric:
 
 @metric("mean_error", "relative error of the mean (shift in reference standard deviations for positions)")
 def mean_error(ref: Sample, cand: Sample) -> np.ndarray:
-    scale = ref.std if ref.kind == "position" else np.abs(ref.mean)
+    scale = ref.scale if ref.kind == "position" else np.abs(ref.mean)
     return _divide(cand.mean - ref.mean, scale)
 
 
@@ -171,7 +178,7 @@ def separation_power(ref: Sample, cand: Sample) -> np.ndarray:
 @metric("wasserstein", "1-Wasserstein distance in units of the reference standard deviation")
 def wasserstein(ref: Sample, cand: Sample) -> np.ndarray:
     difference, gap, _ = cdf_difference(ref, cand)
-    return _divide((np.abs(difference) * gap).sum(axis=1), ref.std)
+    return _divide((np.abs(difference) * gap).sum(axis=1), ref.scale)
 
 
 @metric("ks", "Kolmogorov-Smirnov statistic: largest difference of the CDFs")

@@ -134,8 +134,9 @@ class Observable:
 
     ``kind="magnitude"``: the relative error of the mean is ``(mean_c - mean_r) / |mean_r|``.
     ``kind="position"`` (centres, positions, skewness, which may sit near 0): the mean shift is
-    divided by the reference's standard deviation instead. Binned observables give ``bins`` (the
-    bin centres, in ``unit``) from the geometry.
+    divided by the reference's standard deviation instead, but never by less than ``resolution``
+    (for discrete positions such as the hottest cell's, whose spread can be zero). Binned observables
+    give ``bins`` (the bin centres, in ``unit``) from the geometry.
     """
 
     name: str
@@ -144,6 +145,7 @@ class Observable:
     description: str
     kind: Literal["magnitude", "position"] = "magnitude"
     bins: Callable[[Geometry], np.ndarray] | None = None
+    resolution: Callable[[Geometry], float] | None = None
 
     @property
     def binned(self) -> bool:
@@ -166,13 +168,14 @@ def observable(
     description: str,
     kind: Literal["magnitude", "position"] = "magnitude",
     bins: Callable[[Geometry], np.ndarray] | None = None,
+    resolution: Callable[[Geometry], float] | None = None,
 ) -> Callable[[Callable[[ShowerBlock], np.ndarray]], Callable[[ShowerBlock], np.ndarray]]:
     """Register ``func`` as an observable under ``name`` (a decorator); the name must be new."""
 
     def register(func: Callable[[ShowerBlock], np.ndarray]) -> Callable[[ShowerBlock], np.ndarray]:
         if name in OBSERVABLES:
             raise ValueError(f"an observable named {name!r} is already registered")
-        OBSERVABLES[name] = Observable(name, func, unit, description, kind, bins)
+        OBSERVABLES[name] = Observable(name, func, unit, description, kind, bins, resolution)
         return func
 
     return register
@@ -250,17 +253,17 @@ def _max_deposit(block: ShowerBlock) -> np.ndarray:
     return block.cells.reshape(len(block), -1).max(axis=1)
 
 
-@observable("max_x", "mm", "x of the hottest cell", kind="position")
+@observable("max_x", "mm", "x of the hottest cell", kind="position", resolution=lambda g: g.cell_size_mm)
 def _max_x(block: ShowerBlock) -> np.ndarray:
     return block.x_mm[block.hottest_cell[0]]
 
 
-@observable("max_y", "mm", "y of the hottest cell", kind="position")
+@observable("max_y", "mm", "y of the hottest cell", kind="position", resolution=lambda g: g.cell_size_mm)
 def _max_y(block: ShowerBlock) -> np.ndarray:
     return block.y_mm[block.hottest_cell[1]]
 
 
-@observable("max_layer", "layer", "layer of the hottest cell", kind="position")
+@observable("max_layer", "layer", "layer of the hottest cell", kind="position", resolution=lambda g: 1.0)
 def _max_layer(block: ShowerBlock) -> np.ndarray:
     return block.hottest_cell[2].astype(np.float64)
 

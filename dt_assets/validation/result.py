@@ -107,7 +107,7 @@ class ValidationResult:
         )
 
     def failing_checks(self) -> dict[str, int]:
-        """How many cells fail each ``observable.metric`` check (global checks by name)."""
+        """How many cells fail each ``observable.metric`` check; global checks (coverage, fpd, ...) count once."""
         counts: dict[str, int] = {}
         for f in self.failures:
             key = f"{f.observable}.{f.metric}" if f.observable else f.check
@@ -124,9 +124,9 @@ class ValidationResult:
             "metrics": {k: {**_clean(asdict(v)), "passed": v.passed} for k, v in self.metrics.items()},
             "failures": [asdict(f) for f in self.failures],
             "cells": [asdict(c) for c in self.cells],
-            "config": self.config,
-            "provenance": self.provenance,
-            "distributions": self.distributions,
+            "config": _json_safe(self.config),
+            "provenance": _json_safe(self.provenance),
+            "distributions": _json_safe(self.distributions),
         }
 
     def to_json(self, path: str | Path) -> Path:
@@ -134,7 +134,7 @@ class ValidationResult:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
         tmp.replace(path)
         return path
 
@@ -178,6 +178,17 @@ class ValidationResult:
 
 def _finite(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats become None, everywhere in a nested structure (JSON has no NaN)."""
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _nan(x: float | None) -> float:

@@ -127,7 +127,7 @@ def validate(
                 failures.append(
                     Failure(
                         check=name,
-                        reason=f"{value.value:.4g} > {value.threshold:g} (MC-vs-MC baseline {value.baseline:.4g})",
+                        reason=f"|{value.value:.4g}| > {value.threshold:g} (MC-vs-MC baseline {value.baseline:.4g})",
                         metric=name,
                     )
                 )
@@ -206,8 +206,9 @@ def _compare_cell(
         else:
             centres = None
             edges = _common_edges(np.concatenate([per_event["reference"], per_event["baseline"]]), cfg.bins)
-        full = {role: _sample(values, None, centres, edges, o.kind) for role, values in per_event.items()}
-        boot = {role: _sample(values, draws[role], centres, edges, o.kind) for role, values in per_event.items()}
+        resolution = o.resolution(geometry) if o.resolution else 0.0
+        full = {role: _sample(v, None, centres, edges, o.kind, resolution) for role, v in per_event.items()}
+        boot = {role: _sample(v, draws[role], centres, edges, o.kind, resolution) for role, v in per_event.items()}
         for m in chosen_metrics:
             threshold = cfg.threshold(name, m.name)
             model = m.func(boot["reference"], boot["candidate"])
@@ -231,19 +232,24 @@ def _compare_cell(
 
 
 def _sample(
-    values: np.ndarray, draws: np.ndarray | None, centres: np.ndarray | None, edges: np.ndarray, kind: str
+    values: np.ndarray,
+    draws: np.ndarray | None,
+    centres: np.ndarray | None,
+    edges: np.ndarray,
+    kind: str,
+    resolution: float,
 ) -> Sample:
     """The sample of per-event ``values`` (one replica), or one replica per row of bootstrap ``draws``."""
     if centres is None:
         picked = values[None, :] if draws is None else values[draws]
-        return Sample(picked, np.ones_like(picked), edges, kind)
+        return Sample(picked, np.ones_like(picked), edges, kind, resolution)
     if draws is None:
         weights = values.sum(axis=0)[None, :]
     else:
         counts = np.zeros((len(draws), len(values)))
         np.add.at(counts, (np.arange(len(draws))[:, None], draws), 1.0)
         weights = counts @ values
-    return Sample(np.broadcast_to(centres, weights.shape), weights, edges, kind)
+    return Sample(np.broadcast_to(centres, weights.shape), weights, edges, kind, resolution)
 
 
 def _shapes(binned: bool, full: dict[str, Sample], n: int) -> dict[str, list[float]]:
@@ -302,7 +308,7 @@ def _global_metrics(
     x_base = features(cfg, base, parts["baseline"])
     alpha = (1 - cfg.confidence) / 2
     rng = np.random.default_rng([cfg.seed, 10_000])
-    n_boot = min(cfg.bootstrap, 20)  # each replica of FPD/KPD costs a full extrapolation
+    n_boot = max(5, cfg.bootstrap // 5)  # each replica of FPD/KPD costs a full extrapolation
 
     def fpd_of(a: np.ndarray, b: np.ndarray) -> float:
         return fpd(a, b, n_batches=cfg.fpd_batches, n_points=cfg.fpd_points, seed=cfg.seed)[0]

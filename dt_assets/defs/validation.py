@@ -1,0 +1,401 @@
+"""Validation stage: MC reference, generated showers, the validation report with its blocking checks,
+the promotion of the champion, and a generation-speed benchmark.
+
+Samples are zarr stores under ``validation/``; each asset also writes a small JSON pointer
+(``validation/<asset>.json``) naming what it produced, which the next asset reads. Reports live
+under ``reports/<model>/v<version>/<reference>-<settings>/`` (HTML and JSON) and are logged to the
+model version's MLflow training run.
+"""
+
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import torch
+
+from resources import ModelRegistry, StorageResource
+
+from ..model.generation import generate, load_generator
+from ..model.registry import alias_version, log_to_run, resolve_version, set_alias, tag_version
+from ..physics.simulator import simulate
+from ..showers.store import atomic_file, read_showers, url_to_fs, write_showers
+from ..validation.config import ValidationConfig
+from ..validation.promotion import decide_promotion, gates
+from ..validation.report import coverage_map_png, markdown_summary, profiles_png
+from ..validation.result import ValidationResult
+from ..validation.samples import generate_grid, simulate_grid
+from ..validation.validate import validate
+from .configs import (
+    ChampionConfig,
+    GeneratedShowersConfig,
+    ReferenceConfig,
+    SpeedBenchmarkConfig,
+    ValidationReportConfig,
+)
+from .metadata import image
+from .model import gan_model
+
+CHAMPION = "champion"
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _pointer(storage: StorageResource, name: str, what: str) -> dict[str, Any]:
+    url = storage.validation_url(f"{name}.json")
+    if not storage.exists(url):
+        raise dg.Failure(f"no {name} yet: materialize {what} first")
+    return storage.read_json(url)
+
+
+@dg.asset(
+    group_name="validation",
+    kinds={"zarr"},
+    description="MC showers at the validation grid's conditions (twice the events per cell: reference and the "
+    "independent sample of the MC-vs-MC baseline). Simulated with its own seed, never part of the training set.",
+)
+def mc_reference(context: dg.AssetExecutionContext, config: ReferenceConfig, storage: StorageResource):
+    cfg = config.validation_config()
+    grid = cfg.conditions_grid()
+    spec = {
+        "grid": grid.to_dict(),
+        "events_per_cell": cfg.events_per_cell,
+        "geometry": config.geometry,
+        "particle": config.particle,
+        "seed": config.seed,
+    }
+    key = f"ref-{_digest(spec)}"
+    url = storage.validation_url("mc_reference", f"{key}.zarr")
+    if storage.exists(url):
+        context.log.info(f"{key} exists; reusing {url}")
+    else:
+        n_cells = len(grid.cells())
+        context.log.info(f"simulating {2 * cfg.events_per_cell} events in each of {n_cells} cells ({key})")
+        showers = simulate_grid(grid, 2 * cfg.events_per_cell, config.geometry, config.particle, config.seed)
+        write_showers(showers, url, storage.options(), attrs={"run_key": key})
+    storage.write_json(
+        storage.validation_url("mc_reference.json"),
+        {"key": key, "url": url, "config": cfg.to_dict(), **spec},
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "reference_key": key,
+            "path": dg.MetadataValue.path(url),
+            "cells": len(grid.cells()),
+            "events_per_cell": 2 * cfg.events_per_cell,
+            "grid": dg.MetadataValue.json(grid.to_dict()),
+            "geometry": config.geometry,
+            "particle": config.particle,
+        }
+    )
+
+
+@dg.asset(
+    deps=[mc_reference, gan_model],
+    group_name="validation",
+    kinds={"pytorch", "zarr"},
+    description="Showers from a registered generator (default: the challenger) at the MC reference's conditions.",
+)
+def generated_showers(
+    context: dg.AssetExecutionContext,
+    config: GeneratedShowersConfig,
+    storage: StorageResource,
+    registry: ModelRegistry,
+):
+    registry.activate()
+    reference = _pointer(storage, "mc_reference", "mc_reference")
+    model_uri = config.resolved_uri()
+    version = resolve_version(model_uri)
+    generator = load_generator(f"models:/{version.name}/{version.version}")
+    if generator.geometry.name != reference["geometry"]:
+        raise dg.Failure(
+            f"{model_uri} (version {version.version}) generates {generator.geometry.name} showers, but the MC "
+            f"reference is on {reference['geometry']}: materialize mc_reference with geometry "
+            f"{generator.geometry.name!r}"
+        )
+    cfg = ValidationConfig.from_dict(reference["config"])
+    url = storage.validation_url(
+        "generated", f"{version.name}-v{version.version}-{reference['key']}-s{config.seed}.zarr"
+    )
+    if not storage.exists(url):
+        started = time.monotonic()
+        showers = generate_grid(
+            generator, cfg.conditions_grid(), cfg.events_per_cell, reference["particle"], config.seed
+        )
+        showers.attrs["model_uri"] = f"models:/{version.name}/{version.version}"
+        write_showers(showers, url, storage.options())
+        context.log.info(f"generated {showers.sizes['event']} showers in {time.monotonic() - started:.1f} s")
+    storage.write_json(
+        storage.validation_url("generated_showers.json"),
+        {
+            "url": url,
+            "name": version.name,
+            "version": version.version,
+            "run_id": version.run_id,
+            "reference_key": reference["key"],
+            "seed": config.seed,
+        },
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "model_uri": f"models:/{version.name}/{version.version}",
+            "model_version": int(version.version),
+            "path": dg.MetadataValue.path(url),
+            "reference_key": reference["key"],
+        }
+    )
+
+
+def _publish(storage: StorageResource, result: ValidationResult, folder: str, run_id: str) -> tuple[str, str]:
+    """Write report.html and result.json under ``reports/<folder>`` and log them, with the metrics (prefixed
+    ``validation/``), to the model's MLflow run ``run_id``; returns the two URLs."""
+    html_url, json_url = storage.report_url(folder, "report.html"), storage.report_url(folder, "result.json")
+    metrics = {f"validation/{key}": m.value for key, m in result.metrics.items()}
+    metrics |= {f"validation/{key}_baseline": m.baseline for key, m in result.global_metrics().items()}
+    metrics["validation/passed"] = float(result.passed)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {
+            html_url: result.to_html(Path(tmp) / "report.html"),
+            json_url: result.to_json(Path(tmp) / "result.json"),
+        }
+        for url, path in files.items():
+            with atomic_file(url, storage.options()) as handle:
+                handle.write(path.read_bytes())
+        log_to_run(run_id, metrics, [str(p) for p in files.values()], "validation")
+    return html_url, json_url
+
+
+def _report_folder(name: str, version: str, reference_key: str, cfg: ValidationConfig) -> str:
+    return f"{name}/v{version}/{reference_key}-{_digest(cfg.to_dict())}"
+
+
+def _validation_settings(config: ValidationReportConfig, reference: dict[str, Any]) -> ValidationConfig:
+    return config.validation_config(ValidationConfig.from_dict(reference["config"]))
+
+
+@dg.asset(
+    deps=[generated_showers, mc_reference],
+    group_name="validation",
+    kinds={"html", "mlflow"},
+    description="Physics validation of the generated showers against the MC reference: per-cell metrics with "
+    "bootstrap CIs and the MC-vs-MC baseline, coverage of the grid, FPD/KPD and classifier AUC; an HTML report "
+    "and a JSON of every number, logged to the model's MLflow run.",
+)
+def validation_report(
+    context: dg.AssetExecutionContext,
+    config: ValidationReportConfig,
+    storage: StorageResource,
+    registry: ModelRegistry,
+):
+    registry.activate()
+    reference = _pointer(storage, "mc_reference", "mc_reference")
+    generated = _pointer(storage, "generated_showers", "generated_showers")
+    if generated["reference_key"] != reference["key"]:
+        raise dg.Failure("generated_showers was made for another MC reference: materialize generated_showers again")
+    cfg = _validation_settings(config, reference)
+    context.log.info(f"validating {generated['name']} v{generated['version']} against {reference['key']}")
+    started = time.monotonic()
+    result = validate(
+        read_showers(reference["url"], storage.options(), validate=False),
+        read_showers(generated["url"], storage.options(), validate=False),
+        cfg,
+    )
+    seconds = time.monotonic() - started
+    result.provenance["model_uri"] = f"models:/{generated['name']}/{generated['version']}"
+    result.provenance["reference_key"] = reference["key"]
+    folder = _report_folder(generated["name"], generated["version"], reference["key"], cfg)
+    html_url, json_url = _publish(storage, result, folder, generated["run_id"])
+    version = resolve_version(f"models:/{generated['name']}/{generated['version']}")
+    tag_version(
+        version,
+        {
+            "validation_passed": result.passed,
+            f"validation_{result.score_name}": result.score,
+            "validation_report": html_url,
+        },
+    )
+    storage.write_json(
+        storage.validation_url("validation_report.json"),
+        {
+            "result": json_url,
+            "html": html_url,
+            "name": generated["name"],
+            "version": generated["version"],
+            "run_id": generated["run_id"],
+            "reference_key": reference["key"],
+            "seed": generated["seed"],
+            "passed": result.passed,
+        },
+    )
+    context.log.info(f"{result.summary()} ({seconds:.0f} s); report {html_url}")
+    failing = result.failing_checks()
+    return dg.MaterializeResult(
+        metadata={
+            "passed": result.passed,
+            "coverage": round(result.coverage, 4),
+            **{name: float(m.value) for name, m in result.global_metrics().items() if name != "coverage"},
+            "score": dg.MetadataValue.text(f"{result.score_name} = {result.score:.4g}"),
+            "model_uri": f"models:/{generated['name']}/{generated['version']}",
+            "report": dg.MetadataValue.path(html_url),
+            "result_json": dg.MetadataValue.path(json_url),
+            "summary": dg.MetadataValue.md(markdown_summary(result)),
+            "failing_checks": dg.MetadataValue.json(dict(list(failing.items())[:20])),
+            "coverage_map": image(coverage_map_png(result), "coverage map"),
+            "longitudinal_profiles": image(profiles_png(result, "longitudinal_profile"), "longitudinal profiles"),
+            "validation_seconds": round(seconds, 1),
+        }
+    )
+
+
+def read_result(storage: StorageResource, url: str) -> ValidationResult:
+    fs, path = url_to_fs(url, storage.options())
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "result.json"
+        fs.get(path, str(local))
+        return ValidationResult.from_json(local)
+
+
+def _latest_result(storage: StorageResource) -> tuple[dict[str, Any], ValidationResult]:
+    pointer = _pointer(storage, "validation_report", "validation_report")
+    return pointer, read_result(storage, pointer["result"])
+
+
+def _gate_check(gate_name: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=validation_report,
+        name=f"{gate_name}_gate",
+        blocking=True,
+        description=f"Blocking: the validated model's {gate_name} is within its threshold "
+        "(no threshold configured: passes and says so).",
+    )
+    def check(storage: StorageResource) -> dg.AssetCheckResult:
+        pointer, result = _latest_result(storage)
+        found = [g for g in gates(result) if g.name == gate_name]
+        meta = {"model_uri": f"models:/{pointer['name']}/{pointer['version']}"}
+        if not found:
+            return dg.AssetCheckResult(passed=True, metadata={**meta, "reason": "no threshold configured"})
+        gate = found[0]
+        return dg.AssetCheckResult(passed=gate.passed, metadata={**meta, "reason": gate.reason})
+
+    return check
+
+
+validation_checks = [_gate_check(name) for name in ("coverage", "fpd", "kpd", "classifier_auc")]
+
+
+def _champion_result(
+    context: dg.AssetExecutionContext,
+    storage: StorageResource,
+    champion,
+    pointer: dict[str, Any],
+    candidate: ValidationResult,
+) -> ValidationResult:
+    """The champion judged against the same reference with the same settings (validated now if never)."""
+    reference = _pointer(storage, "mc_reference", "mc_reference")
+    cfg = ValidationConfig.from_dict(candidate.config)
+    folder = _report_folder(champion.name, champion.version, reference["key"], cfg)
+    json_url = storage.report_url(folder, "result.json")
+    if storage.exists(json_url):
+        return read_result(storage, json_url)
+    context.log.info(f"validating the champion (version {champion.version}) on the same reference and settings")
+    generator = load_generator(f"models:/{champion.name}/{champion.version}")
+    showers = generate_grid(
+        generator, cfg.conditions_grid(), cfg.events_per_cell, reference["particle"], int(pointer["seed"])
+    )
+    result = validate(read_showers(reference["url"], storage.options(), validate=False), showers, cfg)
+    _publish(storage, result, folder, champion.run_id)
+    return result
+
+
+@dg.asset(
+    deps=[validation_report],
+    group_name="validation",
+    kinds={"mlflow"},
+    description="Moves the MLflow alias 'champion' to the validated model version only when every blocking check "
+    "passes and it beats the current champion on the configured score; otherwise records why not.",
+)
+def champion_model(
+    context: dg.AssetExecutionContext, config: ChampionConfig, storage: StorageResource, registry: ModelRegistry
+):
+    registry.activate()
+    pointer, candidate = _latest_result(storage)
+    if pointer["name"] != config.registered_model_name:
+        raise dg.Failure(f"the latest validation judged {pointer['name']}, not {config.registered_model_name}")
+    candidate_version = resolve_version(f"models:/{pointer['name']}/{pointer['version']}")
+    champion = alias_version(CHAMPION, config.registered_model_name)
+    if champion is not None and champion.version == candidate_version.version:
+        promote, reason = False, f"version {champion.version} is already the champion"
+        champion_score = candidate.score
+    else:
+        champion_result = None if champion is None else _champion_result(context, storage, champion, pointer, candidate)
+        decision = decide_promotion(candidate, champion_result)
+        promote, reason = decision.promote, decision.reason
+        champion_score = float("nan") if champion_result is None else champion_result.score
+    previous = None if champion is None else champion.version
+    if promote:
+        set_alias(CHAMPION, candidate_version.version, config.registered_model_name)
+        tag_version(candidate_version, {"promoted_over": previous or "none", "promotion_reason": reason})
+        context.log.info(f"promoted version {candidate_version.version} to champion: {reason}")
+    else:
+        context.log.info(f"champion stays {previous or 'unset'}: {reason}")
+    return dg.MaterializeResult(
+        metadata={
+            "promoted": promote,
+            "reason": dg.MetadataValue.text(reason),
+            "candidate_version": int(candidate_version.version),
+            "champion_version": int(candidate_version.version if promote else previous or 0),
+            "previous_champion": int(previous or 0),
+            "score_name": candidate.score_name,
+            "candidate_score": float(candidate.score),
+            "champion_score": float(champion_score),
+        }
+    )
+
+
+@dg.asset(
+    deps=[gan_model],
+    group_name="validation",
+    kinds={"pytorch"},
+    description="Showers per second of a registered generator against the MC on this machine, at one condition; "
+    "recorded with the model version (tags and its MLflow run).",
+)
+def speed_benchmark(
+    context: dg.AssetExecutionContext, config: SpeedBenchmarkConfig, registry: ModelRegistry
+) -> dg.MaterializeResult:
+    registry.activate()
+    version = resolve_version(config.resolved_uri())
+    generator = load_generator(f"models:/{version.name}/{version.version}")
+    geometry = generator.geometry
+    generate(generator, min(config.batch_size, config.n_events), config.energy_gev, config.theta_deg)  # warm-up
+    started = time.perf_counter()
+    generate(generator, config.n_events, config.energy_gev, config.theta_deg, batch_size=config.batch_size, seed=1)
+    gan_rate = config.n_events / (time.perf_counter() - started)
+    started = time.perf_counter()
+    showers = simulate(config.n_events, config.energy_gev, config.theta_deg, "e-", geometry, seed=1)
+    mc_rate = config.n_events / (time.perf_counter() - started)
+    del showers
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    threads = torch.get_num_threads()
+    numbers = {"generator_showers_per_s": gan_rate, "mc_showers_per_s": mc_rate, "speedup_over_mc": gan_rate / mc_rate}
+    tag_version(
+        version, {k: f"{v:.4g}" for k, v in numbers.items()} | {"speed_device": f"{device} ({threads} threads)"}
+    )
+    log_to_run(version.run_id, {f"speed/{k}": v for k, v in numbers.items()}, [], "")
+    context.log.info(
+        f"version {version.version}: generator {gan_rate:.1f} showers/s, MC {mc_rate:.1f} showers/s on {device}"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "model_uri": f"models:/{version.name}/{version.version}",
+            **{k: round(v, 3) for k, v in numbers.items()},
+            "device": f"{device} ({threads} threads)",
+            "geometry": geometry.name,
+            "n_events": config.n_events,
+            "batch_size": config.batch_size,
+        }
+    )

@@ -1,0 +1,159 @@
+"""Validation and promotion through Dagster: report, blocking checks, MLflow logging, the champion alias."""
+
+from __future__ import annotations
+
+import dagster as dg
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from conftest import SMALL
+from dt_assets import build_generator
+from dt_assets.defs.validation import (
+    champion_model,
+    generated_showers,
+    mc_reference,
+    speed_benchmark,
+    validation_checks,
+    validation_report,
+)
+from dt_assets.model.registry import default_tracking_uri, ensure_experiment, log_generator, set_alias
+from dt_assets.validation.config import DEFAULT_THRESHOLDS
+from resources import LocalStorage, ModelRegistry
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+MODEL = "calotwin-3dgan"
+REFERENCE = {"geometry": SMALL, "events_per_cell": 120, "n_energies": 2, "angles_deg": [62.0, 118.0]}
+LIGHT = {"bootstrap": 10, "classifier_epochs": 2}
+#: every check passes (a test of the promotion path, not of the model)
+LENIENT = {**LIGHT, "thresholds": {key: 1e9 for key in DEFAULT_THRESHOLDS}}
+#: the e_sum check alone fails any model whose mean energy is off by more than a millionth
+STRICT = {**LENIENT, "thresholds": {**LENIENT["thresholds"], "e_sum.mean_error": 1e-6}}
+
+
+def register(seed: int) -> str:
+    """Register an (untrained, seeded) small generator as a new version with alias challenger."""
+    uri = default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=ensure_experiment("calotwin", uri))
+    torch.manual_seed(seed)
+    generator = build_generator(SMALL)
+    with mlflow.start_run():
+        version = log_generator(generator, MODEL)
+    set_alias("challenger", version.version, MODEL)
+    return version.version
+
+
+def run_validation(instance, storage, report_config) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [mc_reference, generated_showers, validation_report, champion_model, *validation_checks],
+        instance=instance,
+        resources={"storage": storage, "registry": ModelRegistry()},
+        run_config={
+            "ops": {"mc_reference": {"config": REFERENCE}, "validation_report": {"config": report_config}},
+            **QUIET,
+        },
+        raise_on_error=False,
+    )
+
+
+def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    (event,) = result.asset_materializations_for_node(asset)
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+@pytest.fixture
+def storage(home):
+    return LocalStorage(root=str(home))
+
+
+def champion_version() -> str | None:
+    try:
+        return MlflowClient().get_model_version_by_alias(MODEL, "champion").version
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def test_a_passing_model_is_promoted_a_tie_or_failure_is_not(home, instance, storage):
+    first = register(seed=1)
+    result = run_validation(instance, storage, LENIENT)
+    assert result.success
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"coverage_gate": True, "fpd_gate": True, "kpd_gate": True, "classifier_auc_gate": True}
+    report = metadata(result, "validation_report")
+    assert report["passed"] is True and report["model_uri"] == f"models:/{MODEL}/{first}"
+    html = (home / report["report"].removeprefix(str(home) + "/")).read_text()
+    assert ("data:image/png;base64" in html and "E15_T62" in html) or "15 GeV" in html
+    assert report["summary"].startswith("**") or "fpd" in report["summary"]
+    assert "coverage_map" in report and "data:image/png;base64" in report["coverage_map"]
+    decision = metadata(result, "champion_model")
+    assert decision["promoted"] is True and "no champion yet" in decision["reason"]
+    assert champion_version() == first
+    # the numbers and the report are in the model's own training run
+    version = MlflowClient().get_model_version(MODEL, first)
+    run = MlflowClient().get_run(version.run_id)
+    assert run.data.metrics["validation/passed"] == 1.0
+    assert "validation/fpd" in run.data.metrics and "validation/coverage" in run.data.metrics
+    artifacts = {f.path for f in MlflowClient().list_artifacts(version.run_id, "validation")}
+    assert artifacts == {"validation/report.html", "validation/result.json"}
+    assert version.tags["validation_passed"] == "True"
+
+    # the same weights again: an equal score does not beat the champion
+    second = register(seed=1)
+    result = run_validation(instance, storage, LENIENT)
+    decision = metadata(result, "champion_model")
+    assert decision["promoted"] is False and "does not beat the champion" in decision["reason"]
+    assert decision["champion_score"] == pytest.approx(decision["candidate_score"])
+    assert champion_version() == first
+
+    # a model failing a blocking check: champion_model does not run after the failed check ...
+    third = register(seed=3)
+    result = run_validation(instance, storage, STRICT)
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["coverage_gate"] is False
+    assert not result.asset_materializations_for_node("champion_model")
+    assert champion_version() == first
+    # ... and materialized on its own it records why it keeps the champion
+    alone = dg.materialize(
+        [champion_model],
+        instance=instance,
+        resources={"storage": storage, "registry": ModelRegistry()},
+        run_config=QUIET,
+    )
+    decision = metadata(alone, "champion_model")
+    assert decision["promoted"] is False and decision["candidate_version"] == int(third)
+    assert "failed checks: coverage" in decision["reason"] and "e_sum.mean_error" in decision["reason"]
+    assert champion_version() == first
+    assert int(second) == int(first) + 1
+
+
+def test_speed_benchmark_records_rates_with_the_model_version(home, instance, storage):
+    version = register(seed=2)
+    result = dg.materialize(
+        [speed_benchmark],
+        instance=instance,
+        resources={"registry": ModelRegistry()},
+        run_config={"ops": {"speed_benchmark": {"config": {"n_events": 64, "batch_size": 32}}}, **QUIET},
+    )
+    numbers = metadata(result, "speed_benchmark")
+    assert numbers["generator_showers_per_s"] > 0 and numbers["mc_showers_per_s"] > 0
+    assert numbers["speedup_over_mc"] == pytest.approx(
+        numbers["generator_showers_per_s"] / numbers["mc_showers_per_s"], rel=1e-2
+    )
+    tags = MlflowClient().get_model_version(MODEL, version).tags
+    assert float(tags["generator_showers_per_s"]) == pytest.approx(numbers["generator_showers_per_s"], rel=1e-3)
+
+
+def test_a_reference_on_another_geometry_is_refused_by_name(home, instance, storage):
+    register(seed=1)
+    result = dg.materialize(
+        [mc_reference, generated_showers],
+        instance=instance,
+        resources={"storage": storage, "registry": ModelRegistry()},
+        run_config={"ops": {"mc_reference": {"config": {**REFERENCE, "geometry": "clic_ecal_25x25x25"}}}, **QUIET},
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert "the MC reference is on clic_ecal_25x25x25" in failure.step_failure_data.error.message
