@@ -53,3 +53,4 @@ bench: install ## Run the benchmarks in bench/ (prints tables and JSON lines)
 	$(PY) bench/ingest.py
 	$(PY) bench/train.py
 	$(PY) bench/generate.py
+	$(PY) bench/validation.py

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from dt_assets.validation.config import GLOBAL_METRICS, ValidationConfig
+from dt_assets.validation.config import ValidationConfig
 from dt_assets.validation.samples import simulate_grid
 from dt_assets.validation.validate import validate
 
@@ -50,21 +50,42 @@ def calibrate(pairs: int) -> dict[str, dict[str, float]]:
 
 
 def timing() -> dict[str, float]:
+    """One validation with the default settings, its stages timed."""
+    import dt_assets.validation.validate as v
+
     cfg = ValidationConfig()
     grid = cfg.conditions_grid()
+    start = time.perf_counter()
     reference = simulate_grid(grid, 2 * cfg.events_per_cell, GEOMETRY, seed=1)
     candidate = simulate_grid(grid, cfg.events_per_cell, GEOMETRY, seed=2)
-    start = time.perf_counter()
-    validate(reference, candidate, cfg)
-    total = time.perf_counter() - start
-    no_global = ValidationConfig.from_dict({"thresholds": {k: None for k in GLOBAL_METRICS}})
-    start = time.perf_counter()
-    validate(reference, candidate, {**no_global.to_dict(), "global_features": None})
-    per_cell_and_global = time.perf_counter() - start
+    simulated = time.perf_counter() - start
+    stages: dict[str, float] = {}
+
+    def timed(name, func):
+        def wrapper(*args, **kwargs):
+            begin = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                stages[name] = stages.get(name, 0.0) + time.perf_counter() - begin
+
+        return wrapper
+
+    originals = (v.compute_observables, v._compare_cell, v._global_metrics)
+    v.compute_observables = timed("observables", v.compute_observables)
+    v._compare_cell = timed("per-cell metrics (bootstrap 100)", v._compare_cell)
+    v._global_metrics = timed("FPD, KPD, classifier", v._global_metrics)
+    try:
+        start = time.perf_counter()
+        validate(reference, candidate, cfg)
+        total = time.perf_counter() - start
+    finally:
+        v.compute_observables, v._compare_cell, v._global_metrics = originals
     return {
         "events": int(reference.sizes["event"] + candidate.sizes["event"]),
-        "seconds": total,
-        "seconds_again": per_cell_and_global,
+        "simulate_seconds": simulated,
+        "validate_seconds": total,
+        **{f"{k} seconds": t for k, t in stages.items()},
     }
 
 
@@ -84,7 +105,10 @@ def main() -> None:
     out = {"benchmark": "validation", "pairs": args.pairs, "worst_floor_over_threshold": worst}
     if not args.skip_timing:
         times = timing()
-        print(f"default validation of {times['events']} events: {times['seconds']:.1f} s")
+        print(f"\ndefault validation of {times['events']} events (15 cells): {times['validate_seconds']:.1f} s")
+        for key, value in times.items():
+            if key.endswith(" seconds"):
+                print(f"  {key.removesuffix(' seconds'):<36} {value:6.1f} s")
         out |= times
     print(json.dumps(out | {"calibration": table}))
 

@@ -19,11 +19,20 @@ def code_blocks(language: str) -> list[str]:
 
 
 def test_readme_python_examples_run(tmp_path):
-    (block,) = code_blocks("python")
+    _, block = code_blocks("python")  # the API example follows the validation one
     run = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "('event', 'x', 'y', 'z') MeV" in run.stdout
     assert {p.name for p in tmp_path.iterdir()} == {"example_run.zarr", "example_3dgan.h5", "example_cc.h5"}
+
+
+def test_readme_validation_example_runs_with_a_registered_observable(tmp_path):
+    block, _ = code_blocks("python")
+    run = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("PASSED: coverage 100% (6/6 cells)")  # MC against independent MC
+    assert "observable='e_front', metric='mean_error'" in run.stdout
+    assert {p.name for p in tmp_path.iterdir()} == {"validation_report.html", "validation.json"}
 
 
 def test_readme_geometry_table_matches_the_computed_quantities():

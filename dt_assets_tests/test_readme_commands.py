@@ -48,6 +48,22 @@ def test_make_demo_prints_the_summary_and_leaves_data_on_disk(demo_home):
     assert (home / "dagster" / "dagster.yaml").exists()  # DAGSTER_HOME defaults into the data home
 
 
+def test_make_demo_ends_with_the_report_and_a_promotion_decision(demo_home):
+    home, out = demo_home
+    verdict = re.search(r"^validation: (PASSED|FAILED): coverage (\d+)% \((\d+)/15 cells\)", out, flags=re.M)
+    assert verdict, out[-2000:]
+    assert re.search(r"^blocking checks: coverage (passed|FAILED), fpd (passed|FAILED)", out, flags=re.M)
+    (report,) = re.findall(r"^report: +(\S+)$", out, flags=re.M)
+    assert report.startswith(f"{home}/reports/calotwin-3dgan/v1/") and report.endswith("report.html")
+    html = Path(report).read_text()
+    assert "data:image/png;base64" in html and ("PASSED" in html or "FAILED" in html)
+    result = json.loads((Path(report).parent / "result.json").read_text())
+    assert result["passed"] == (verdict.group(1) == "PASSED")
+    (decision,) = re.findall(r"^promotion: +version 1 (promoted to champion|not promoted): (.+)$", out, flags=re.M)
+    # promotion follows the verdict: there is no champion yet, so a passing model would be promoted
+    assert (decision[0] == "promoted to champion") == result["passed"]
+
+
 def test_readme_shows_the_runs_the_demo_makes(demo_home):
     _, out = demo_home
     readme = (REPO / "README.md").read_text()
@@ -64,6 +80,7 @@ def test_make_demo_again_does_no_work_twice(demo_home):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "total: 3 runs" in run.stdout and "training a 3DGAN" not in run.stdout
     assert "model: models:/calotwin-3dgan/1 (alias challenger)" in run.stdout  # no second version
+    assert "validating models:/" not in run.stdout and "promotion:  version 1" in run.stdout  # validated once
     assert {p: p.stat().st_mtime_ns for p in (home / "data" / "raw").glob("*.zarr")} == stores
 
 
@@ -158,6 +175,11 @@ def test_make_ui_serves_the_assets_with_metadata_and_checks(demo_home):
             ("preprocessed_showers",),
             ("training_set",),
             ("gan_model",),
+            ("mc_reference",),
+            ("generated_showers",),
+            ("validation_report",),
+            ("champion_model",),
+            ("speed_benchmark",),
         }
         materializations = materializations_of(port, "raw_showers")
         assert len({m["partition"] for m in materializations}) == 3
@@ -178,5 +200,21 @@ def test_make_ui_serves_the_assets_with_metadata_and_checks(demo_home):
         entries = {e["label"]: e for e in model["metadataEntries"]}
         assert entries["loss_curves"]["mdStr"].startswith("![loss curves](data:image/png")
         assert entries["model_version"]["intValue"] == 1
+        # the validation report and the promotion decision are in the UI
+        (report,) = materializations_of(port, "validation_report")
+        entries = {e["label"]: e for e in report["metadataEntries"]}
+        assert entries["coverage_map"]["mdStr"].startswith("![coverage map](data:image/png")
+        assert "fpd" in entries["summary"]["mdStr"] and entries["report"]["path"].endswith("report.html")
+        gates = graphql(
+            port,
+            """{ assetNodes(assetKeys: [{path: ["validation_report"]}]) { assetChecksOrError {
+                 ... on AssetChecks { checks { name executionForLatestMaterialization { status } } } } } }""",
+        )["assetNodes"][0]["assetChecksOrError"]["checks"]
+        statuses = {c["name"]: c["executionForLatestMaterialization"]["status"] for c in gates}
+        assert set(statuses) == {"coverage_gate", "fpd_gate", "kpd_gate", "classifier_auc_gate"}
+        assert set(statuses.values()) <= {"SUCCEEDED", "FAILED"}
+        (decision,) = materializations_of(port, "champion_model")
+        entries = {e["label"]: e for e in decision["metadataEntries"]}
+        assert entries["reason"]["text"] and entries["candidate_version"]["intValue"] == 1
     finally:
         server.stop()
