@@ -158,7 +158,8 @@ def materializations_of(port: int, asset: str) -> list[dict]:
         port,
         f"""{{ assetOrError(assetKey: {{path: ["{asset}"]}}) {{ ... on Asset {{
              assetMaterializations(limit: 10) {{ partition metadataEntries {{ label
-               ... on IntMetadataEntry {{ intValue }} ... on MarkdownMetadataEntry {{ mdStr }} }} }} }} }} }}""",
+               ... on IntMetadataEntry {{ intValue }} ... on MarkdownMetadataEntry {{ mdStr }}
+               ... on TextMetadataEntry {{ text }} ... on PathMetadataEntry {{ path }} }} }} }} }} }}""",
     )
     return data["assetOrError"]["assetMaterializations"]
 

@@ -99,13 +99,15 @@ def test_a_passing_model_is_promoted_a_tie_or_failure_is_not(home, instance, sto
     assert artifacts == {"validation/report.html", "validation/result.json"}
     assert version.tags["validation_passed"] == "True"
 
-    # the same weights again: an equal score does not beat the champion
+    # the same weights again, judged with other settings: the champion is validated again with those
+    # settings (a second report of version 1), and an equal score does not beat it
     second = register(seed=1)
-    result = run_validation(instance, storage, LENIENT)
+    result = run_validation(instance, storage, {**LENIENT, "bootstrap": 11})
     decision = metadata(result, "champion_model")
     assert decision["promoted"] is False and "does not beat the champion" in decision["reason"]
     assert decision["champion_score"] == pytest.approx(decision["candidate_score"])
     assert champion_version() == first
+    assert len(list((home / "reports" / MODEL / f"v{first}").glob("ref-*/result.json"))) == 2
 
     # a model failing a blocking check: champion_model does not run after the failed check ...
     third = register(seed=3)

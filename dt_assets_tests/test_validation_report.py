@@ -160,8 +160,10 @@ def test_summary_rows_equal_the_metrics(corrupted):
         m = corrupted.metrics[row["name"]]
         assert row["value"] == m.value and row["baseline"] == m.baseline
         assert (row["ci_low"], row["ci_high"]) == m.ci
-        assert row["threshold"] == m.threshold and row["passed"] == m.passed
-    assert rows[0]["threshold"] is None and rows[0]["passed"] is None  # coverage is reported, not checked
+        if row["name"] != "coverage":
+            assert row["threshold"] == m.threshold and row["passed"] == m.passed
+    # coverage must reach its minimum (1 by default); the corrupted candidate's is 0
+    assert rows[0]["threshold"] == corrupted.config["min_coverage"] and rows[0]["passed"] is False
     auc = next(r for r in rows if r["name"] == "classifier_auc")
     assert auc["threshold"] == corrupted.config["thresholds"]["classifier_auc"]
 

@@ -25,7 +25,7 @@ from ..physics.simulator import simulate
 from ..showers.store import atomic_file, read_showers, url_to_fs, write_showers
 from ..validation.config import ValidationConfig
 from ..validation.promotion import decide_promotion, gates
-from ..validation.report import coverage_map_png, markdown_summary, profiles_png
+from ..validation.report import coverage_map_png, markdown_summary, profiles_png, summary_rows
 from ..validation.result import ValidationResult
 from ..validation.samples import generate_grid, simulate_grid
 from ..validation.validate import validate
@@ -244,6 +244,7 @@ def validation_report(
             "report": dg.MetadataValue.path(html_url),
             "result_json": dg.MetadataValue.path(json_url),
             "summary": dg.MetadataValue.md(markdown_summary(result)),
+            "summary_table": _table(summary_rows(result)),
             "failing_checks": dg.MetadataValue.json(dict(list(failing.items())[:20])),
             "coverage_map": image(coverage_map_png(result), "coverage map"),
             "longitudinal_profiles": image(profiles_png(result, "longitudinal_profile"), "longitudinal profiles"),
@@ -258,6 +259,22 @@ def read_result(storage: StorageResource, url: str) -> ValidationResult:
         local = Path(tmp) / "result.json"
         fs.get(path, str(local))
         return ValidationResult.from_json(local)
+
+
+def _table(rows: list[dict[str, Any]]) -> dg.MetadataValue:
+    """Global metrics as a Dagster table (value, interval, MC-vs-MC baseline, threshold, verdict); blanks as "-"."""
+    text = ("name", "threshold", "passed")
+    columns = [dg.TableColumn(name, "string" if name in text else "float") for name in rows[0]]
+    records = [
+        dg.TableRecord(
+            {
+                k: ("-" if v is None else f"{v:g}" if isinstance(v, float) else str(v)) if k in text else v
+                for k, v in row.items()
+            }
+        )
+        for row in rows
+    ]
+    return dg.MetadataValue.table(records, schema=dg.TableSchema(columns=columns))
 
 
 def _latest_result(storage: StorageResource) -> tuple[dict[str, Any], ValidationResult]:
@@ -348,8 +365,8 @@ def champion_model(
             "promoted": promote,
             "reason": dg.MetadataValue.text(reason),
             "candidate_version": int(candidate_version.version),
-            "champion_version": int(candidate_version.version if promote else previous or 0),
-            "previous_champion": int(previous or 0),
+            "champion_version": dg.MetadataValue.text(candidate_version.version if promote else previous or "none"),
+            "previous_champion": dg.MetadataValue.text(previous or "none"),
             "score_name": candidate.score_name,
             "candidate_score": float(candidate.score),
             "champion_score": float(champion_score),

@@ -18,6 +18,7 @@ numbers in the forms the Dagster layer shows (a table and Markdown).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import math
@@ -59,9 +60,16 @@ def summary_rows(result: ValidationResult) -> list[dict[str, float | str | bool 
 
     Keys: ``name``, ``value``, ``ci_low``, ``ci_high``, ``baseline``, ``threshold``, ``passed``.
     Non-finite numbers become None; ``threshold`` and ``passed`` are None for a metric without a check.
+    Coverage's threshold is the configured minimum (coverage must reach it, not stay below it).
     """
     rows: list[dict[str, float | str | bool | None]] = []
     for name, m in result.global_metrics().items():
+        if name == "coverage":
+            minimum = float(result.config.get("min_coverage", 1.0))
+            m = dataclasses.replace(m, threshold=None)
+            check = {"threshold": minimum, "passed": bool(m.value >= minimum)}
+        else:
+            check = {"threshold": m.threshold, "passed": m.passed}
         rows.append(
             {
                 "name": name,
@@ -69,8 +77,7 @@ def summary_rows(result: ValidationResult) -> list[dict[str, float | str | bool 
                 "ci_low": _finite(m.ci[0]),
                 "ci_high": _finite(m.ci[1]),
                 "baseline": _finite(m.baseline),
-                "threshold": m.threshold,
-                "passed": m.passed,
+                **check,
             }
         )
     return rows
