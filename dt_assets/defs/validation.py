@@ -353,7 +353,7 @@ def champion_model(
         decision = decide_promotion(candidate, champion_result)
         promote, reason = decision.promote, decision.reason
         champion_score = float("nan") if champion_result is None else champion_result.score
-    previous = None if champion is None else champion.version
+    previous = None if champion is None else str(champion.version)
     if promote:
         set_alias(CHAMPION, candidate_version.version, config.registered_model_name)
         tag_version(candidate_version, {"promoted_over": previous or "none", "promotion_reason": reason})
@@ -365,8 +365,10 @@ def champion_model(
             "promoted": promote,
             "reason": dg.MetadataValue.text(reason),
             "candidate_version": int(candidate_version.version),
-            "champion_version": dg.MetadataValue.text(candidate_version.version if promote else previous or "none"),
-            "previous_champion": dg.MetadataValue.text(previous or "none"),
+            "champion_version": dg.MetadataValue.text(
+                str(candidate_version.version) if promote else (previous or "none")
+            ),
+            "previous_champion": dg.MetadataValue.text(str(previous or "none")),
             "score_name": candidate.score_name,
             "candidate_score": float(candidate.score),
             "champion_score": float(champion_score),

@@ -13,7 +13,7 @@ Definitions:
 - ``mean_error``: ``(mean_c - mean_r) / |mean_r|`` for magnitudes; for positions (observables of
   kind ``"position"``) ``(mean_c - mean_r) / max(std_r, resolution)``, the shift in units of the
   reference spread (never below the observable's resolution, e.g. one cell).
-- ``width_error``: ``(std_c - std_r) / std_r``.
+- ``width_error``: ``(std_c - std_r) / max(std_r, resolution)``.
 - ``separation_power``: ``S = 1/2 sum_i (h_r,i - h_c,i)^2 / (h_r,i + h_c,i)`` on histograms normalised to
   unit sum (CaloChallenge); 0 for identical, 1 for disjoint histograms.
 - ``wasserstein``: the 1-Wasserstein distance ``int |F_r - F_c| dx`` divided by ``max(std_r, resolution)``
@@ -157,7 +157,7 @@ def mean_error(ref: Sample, cand: Sample) -> np.ndarray:
 
 @metric("width_error", "relative error of the standard deviation")
 def width_error(ref: Sample, cand: Sample) -> np.ndarray:
-    return _divide(cand.std - ref.std, ref.std)
+    return _divide(cand.std - ref.std, ref.scale)
 
 
 def separation_power_of(h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
