@@ -5,13 +5,14 @@ in the 3DGAN layout (written here from the simulator, standing in for a Geant4 f
 materializes ``raw_showers`` (with its checks) and ``preprocessed_showers`` for each run, then
 ``training_set`` and ``gan_model``: a short 3DGAN training, logged to MLflow and registered as a
 new version of ``calotwin-3dgan`` (alias ``challenger``). Then it validates that version:
-``mc_reference`` (independent MC on the energy x angle grid), ``generated_showers`` and
-``validation_report`` with its blocking checks, and ``champion_model`` decides the promotion (in a
-run of its own, so the decision and its reason are recorded even when a check failed). It prints
-runs, events, bytes on disk, the model, the verdict, the report's path, the promotion decision and
-where to look. Materializations are recorded in ``$DAGSTER_HOME`` (default
-``$CALOTWIN_HOME/dagster``), so ``make ui`` shows them afterwards; ``make mlflow-ui`` shows the
-MLflow run and the registered model. Running it again does no work twice.
+``mc_reference`` (independent MC on the energy x angle grid), ``generated_showers``,
+``validation_report`` with its blocking checks and ``speed_benchmark``; then ``champion_model``
+decides the promotion (in a run of its own, so the decision and its reason are recorded even when
+a check failed). It prints runs, events, bytes on disk, the model, the verdict, the report's path,
+the generator's speed against the MC, the promotion decision and where to look. Materializations
+are recorded in ``$DAGSTER_HOME`` (default ``$CALOTWIN_HOME/dagster``), so ``make ui`` shows them
+afterwards; ``make mlflow-ui`` shows the MLflow run and the registered model. Running it again
+does no work twice.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         generated_showers,
         mc_reference,
         read_result,
+        speed_benchmark,
         validation_checks,
         validation_report,
     )
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if report is None or report["model_uri"] != model["model_uri"]:
         print(f"\nvalidating {model['model_uri']} against an independent MC reference (grid of energy x angle cells)")
         dg.materialize(
-            [mc_reference, generated_showers, validation_report, *validation_checks],
+            [mc_reference, generated_showers, validation_report, *validation_checks, speed_benchmark],
             instance=instance,
             resources=resources,
             run_config=SILENT,
@@ -177,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"validation: {result.summary()}")
     print("blocking checks: " + ", ".join(f"{g.name} {'passed' if g.passed else 'FAILED'}" for g in gates(result)))
     print(f"report:     {report['report']}")
+    speed = _metadata(instance, speed_benchmark.key)
+    if speed is not None:
+        print(
+            f"speed:      generator {speed['generator_showers_per_s']:.0f} showers/s, "
+            f"MC {speed['mc_showers_per_s']:.0f} showers/s on {speed['device']} ({speed['geometry']}, 100 GeV, 90 deg)"
+        )
     verb = "promoted to champion" if decision["promoted"] else "not promoted"
     print(f"promotion:  version {decision['candidate_version']} {verb}: {decision['reason']}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from dt_assets.physics.geometry import get_geometry
 from dt_assets.validation.classifier import ClassifierSettings, classifier_scores, roc_auc
@@ -91,6 +92,14 @@ def test_classifier_separates_different_samples_but_not_equal_ones():
     same = roc_auc(*classifier_scores(a, rng.normal(size=(1500, 3)), settings))
     assert different > 0.7
     assert abs(same - 0.5) < 0.06
+    # reproducible from its own seed, whatever the global torch RNG state
+    torch.manual_seed(123)
+    again = roc_auc(*classifier_scores(a, rng.normal(size=(1500, 3)) + np.array([1.0, 0, 0]), settings))
+    rng2 = np.random.default_rng(4)
+    a2 = rng2.normal(size=(1500, 3))
+    torch.manual_seed(456)
+    first = roc_auc(*classifier_scores(a2, rng2.normal(size=(1500, 3)) + np.array([1.0, 0, 0]), settings))
+    assert first == different and again != different  # same inputs: same AUC; other inputs: other AUC
 
 
 def _block(cells: np.ndarray, energy: float = 100.0, theta_deg: float = 90.0) -> ShowerBlock:

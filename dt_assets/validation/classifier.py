@@ -58,7 +58,7 @@ def classifier_scores(
     data = torch.as_tensor((x - mean) / std, dtype=torch.float32)
     target = torch.as_tensor(y, dtype=torch.float32)
     train, val, test = slice(0, n_train), slice(n_train, n_train + n_val), slice(n_train + n_val, None)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # weights and dropout from the seed, the caller's RNG untouched
         torch.manual_seed(settings.seed)
         net = nn.Sequential(
             nn.Linear(x.shape[1], settings.hidden),
@@ -69,6 +69,21 @@ def classifier_scores(
             nn.Dropout(settings.dropout),
             nn.Linear(settings.hidden, 1),
         )
+        scores = _train_and_score(net, data, target, (train, val, test), settings, generator)
+    return y[test], scores
+
+
+def _train_and_score(
+    net: nn.Module,
+    data: torch.Tensor,
+    target: torch.Tensor,
+    splits: tuple[slice, slice, slice],
+    settings: ClassifierSettings,
+    generator: torch.Generator,
+) -> np.ndarray:
+    """Adam on the training split, keep the epoch with the lowest validation loss, score the test split."""
+    train, val, test = splits
+    n_train = train.stop
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr)
     loss_fn = nn.BCEWithLogitsLoss()
     best_loss, best_state = np.inf, None
@@ -86,5 +101,4 @@ def classifier_scores(
     net.load_state_dict(best_state)
     net.eval()
     with torch.no_grad():
-        scores = torch.sigmoid(net(data[test]).squeeze(1)).numpy()
-    return y[test], scores
+        return torch.sigmoid(net(data[test]).squeeze(1)).numpy()
