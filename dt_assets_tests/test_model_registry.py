@@ -109,3 +109,9 @@ def test_gan_model_without_runs_of_its_geometry_fails_clearly(home, instance):
     result = dg.materialize([gan_model], instance=instance, resources=resources, run_config=QUIET, raise_on_error=False)
     message = result.get_step_failure_events()[0].event_specific_data.error.message
     assert "no preprocessed run on geometry 'small_ecal_15x15x12'" in message
+    # the MLflow run the resource started is ended as FAILED, not left active for the next run
+    assert mlflow.active_run() is None
+    (run,) = MlflowClient(default_tracking_uri()).search_runs(
+        [MlflowClient(default_tracking_uri()).get_experiment_by_name("calotwin").experiment_id]
+    )
+    assert run.info.status == "FAILED"

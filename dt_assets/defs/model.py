@@ -50,6 +50,17 @@ def epoch_logger(context: dg.AssetExecutionContext):
     "(a restarted training resumes), logged to MLflow and registered as a new version (alias 'challenger').",
 )
 def gan_model(context: dg.AssetExecutionContext, config: GanModelConfig) -> dg.MaterializeResult:
+    # the mlflow resource started a run; it ends here whatever happens (a failed check included)
+    try:
+        materialized = _train_and_register(context, config)
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run()
+    return materialized
+
+
+def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfig) -> dg.MaterializeResult:
     storage = context.resources.storage
     if not storage.exists(storage.training_set_url()):
         raise dg.Failure("no training set yet: materialize preprocessed_showers and training_set first")
@@ -67,39 +78,34 @@ def gan_model(context: dg.AssetExecutionContext, config: GanModelConfig) -> dg.M
     mlflow.log_params(
         {**config.model_dump(), "training_key": key, "train_events": data.n_events(), "partitions": partitions}
     )
-    try:
-        result = train(
-            data,
-            train_config,
-            checkpoint_dir,
-            get_geometry(config.geometry),
-            storage_options=storage.options(),
-            warm_start=config.warm_start or None,
-            callbacks=[epoch_logger(context)],
-        )
-        if result.resumed_from_epoch:
-            context.log.info(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}")
-        png = loss_curves_png(result.history, title=f"3DGAN on {config.geometry}")
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "loss_curves.png").write_bytes(png)
-            mlflow.log_artifact(str(Path(tmp) / "loss_curves.png"))
-        version = log_generator(
-            result.generator,
-            config.registered_model_name,
-            tags={
-                "dagster_run_id": context.run_id,
-                "partitions": partitions,
-                "geometry": config.geometry,
-                "training_key": key,
-                "checkpoint": result.checkpoint_url,
-            },
-        )
-        set_alias(CHALLENGER, version.version, config.registered_model_name)
-        mlflow_run_id = mlflow.active_run().info.run_id
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    mlflow.end_run()
+    result = train(
+        data,
+        train_config,
+        checkpoint_dir,
+        get_geometry(config.geometry),
+        storage_options=storage.options(),
+        warm_start=config.warm_start or None,
+        callbacks=[epoch_logger(context)],
+    )
+    if result.resumed_from_epoch:
+        context.log.info(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}")
+    png = loss_curves_png(result.history, title=f"3DGAN on {config.geometry}")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "loss_curves.png").write_bytes(png)
+        mlflow.log_artifact(str(Path(tmp) / "loss_curves.png"))
+    version = log_generator(
+        result.generator,
+        config.registered_model_name,
+        tags={
+            "dagster_run_id": context.run_id,
+            "partitions": partitions,
+            "geometry": config.geometry,
+            "training_key": key,
+            "checkpoint": result.checkpoint_url,
+        },
+    )
+    set_alias(CHALLENGER, version.version, config.registered_model_name)
+    mlflow_run_id = mlflow.active_run().info.run_id
     final = result.history[-1]
     model_uri = f"models:/{config.registered_model_name}/{version.version}"
     context.log.info(f"registered {model_uri} (alias {CHALLENGER}), MLflow run {mlflow_run_id}")
