@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from ..plots import _png
 from .observables import OBSERVABLES
-from .result import CellResult, MetricValue, ValidationResult
+from .result import CellResult, MetricValue, ValidationResult, finite_or_none
 
 #: Resolution of every figure (dots per inch): small files, a 15-cell report stays well under 2 MB.
 DPI = 80
@@ -73,10 +73,10 @@ def summary_rows(result: ValidationResult) -> list[dict[str, float | str | bool 
         rows.append(
             {
                 "name": name,
-                "value": _finite(m.value),
-                "ci_low": _finite(m.ci[0]),
-                "ci_high": _finite(m.ci[1]),
-                "baseline": _finite(m.baseline),
+                "value": finite_or_none(m.value),
+                "ci_low": finite_or_none(m.ci[0]),
+                "ci_high": finite_or_none(m.ci[1]),
+                "baseline": finite_or_none(m.baseline),
                 **check,
             }
         )
@@ -503,10 +503,6 @@ def _img(png: bytes, alt: str) -> str:
 
 def _e(text: object) -> str:
     return html.escape(str(text))
-
-
-def _finite(x: float | None) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
 
 
 def _magnitude(x: float | None) -> float:

@@ -119,7 +119,7 @@ class ValidationResult:
             "passed": self.passed,
             "coverage": self.coverage,
             "score_name": self.score_name,
-            "score": _finite(self.score),
+            "score": finite_or_none(self.score),
             "summary": self.summary(),
             "metrics": {k: {**_clean(asdict(v)), "passed": v.passed} for k, v in self.metrics.items()},
             "failures": [asdict(f) for f in self.failures],
@@ -176,14 +176,14 @@ class ValidationResult:
         return write_html(self, Path(path))
 
 
-def _finite(x: float) -> float | None:
+def finite_or_none(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
 def _json_safe(value: Any) -> Any:
     """Non-finite floats become None, everywhere in a nested structure (JSON has no NaN)."""
     if isinstance(value, float):
-        return _finite(value)
+        return finite_or_none(value)
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -199,9 +199,9 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         if isinstance(v, float):
-            out[k] = _finite(v)
+            out[k] = finite_or_none(v)
         elif isinstance(v, (tuple, list)):
-            out[k] = [_finite(x) if isinstance(x, float) else x for x in v]
+            out[k] = [finite_or_none(x) if isinstance(x, float) else x for x in v]
         else:
             out[k] = v
     return out

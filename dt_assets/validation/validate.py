@@ -105,7 +105,7 @@ def validate(
         baseline_coverage_replicas += outcome.baseline_replica_passed
     n_cells = len(cell_list)
     coverage = sum(c.passed for c in cells) / n_cells
-    baseline_coverage = float(np.mean([o for o in _baseline_cell_pass(metrics, cells)])) if cells else 0.0
+    baseline_coverage = float(np.mean(_baseline_cell_pass(metrics, cells))) if cells else 0.0
     alpha = (1 - cfg.confidence) / 2
     metrics["coverage"] = MetricValue(
         value=coverage,
