@@ -9,7 +9,6 @@ never become two runs.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from .physics.particles import particle_name
 from .physics.simulator import RunArguments, simulate_blocks
 from .showers.errors import ShowerDataError
 from .showers.hdf5 import hdf5_blocks
-from .showers.store import iter_blocks, open_store, read_showers, sha256_file, url_to_fs
+from .showers.store import iter_blocks, open_store, read_showers, sha256_file, sha256_json, url_to_fs
 
 FILE_LAYOUTS = ("3dgan", "calochallenge", "zarr")
 
@@ -48,8 +47,7 @@ class SimulationSpec:
     @property
     def key(self) -> str:
         config = {k: v for k, v in self.to_dict().items() if k not in ("kind", "seed")}
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
-        return f"mc-{digest}-{self.seed}"
+        return f"mc-{sha256_json(config, 10)}-{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -7,8 +7,6 @@ under ``reports/<model>/v<version>/<reference>-<settings>/`` (HTML and JSON) and
 model version's MLflow training run.
 """
 
-import hashlib
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ from resources import ModelRegistry, StorageResource
 from ..model.generation import generate, load_generator
 from ..model.registry import alias_version, log_to_run, resolve_version, set_alias, tag_version
 from ..physics.simulator import simulate
-from ..showers.store import atomic_file, read_showers, url_to_fs, write_showers
+from ..showers.store import atomic_file, read_showers, sha256_json, url_to_fs, write_showers
 from ..validation.config import ValidationConfig
 from ..validation.promotion import decide_promotion, gates
 from ..validation.report import coverage_map_png, markdown_summary, profiles_png, summary_rows
@@ -40,10 +38,6 @@ from .metadata import image
 from .model import gan_model
 
 CHAMPION = "champion"
-
-
-def _digest(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _pointer(storage: StorageResource, name: str, what: str) -> dict[str, Any]:
@@ -69,7 +63,7 @@ def mc_reference(context: dg.AssetExecutionContext, config: ReferenceConfig, sto
         "particle": config.particle,
         "seed": config.seed,
     }
-    key = f"ref-{_digest(spec)}"
+    key = f"ref-{sha256_json(spec, 10)}"
     url = storage.validation_url("mc_reference", f"{key}.zarr")
     if storage.exists(url):
         context.log.info(f"{key} exists; reusing {url}")
@@ -171,7 +165,7 @@ def _publish(storage: StorageResource, result: ValidationResult, folder: str, ru
 
 
 def _report_folder(name: str, version: str, reference_key: str, cfg: ValidationConfig) -> str:
-    return f"{name}/v{version}/{reference_key}-{_digest(cfg.to_dict())}"
+    return f"{name}/v{version}/{reference_key}-{sha256_json(cfg.to_dict(), 10)}"
 
 
 def _validation_settings(config: ValidationReportConfig, reference: dict[str, Any]) -> ValidationConfig:

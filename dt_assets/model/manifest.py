@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-from ..showers.store import open_store
+from ..showers.store import open_store, sha256_json
 from .preprocess import SPLITS
 
 
@@ -36,4 +34,4 @@ def training_key(config: Mapping[str, Any], runs: Iterable[Mapping[str, Any]], g
         "geometry": geometry,
         "runs": sorted((r["run"], r["train"], r["validation"]) for r in runs),
     }
-    return "gan-" + hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()[:12]
+    return "gan-" + sha256_json(identity, 12)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -226,6 +227,11 @@ def sha256_file(url: str, storage_options: Mapping[str, Any] | None = None, chun
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_json(payload: Any, length: int = 64) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``payload`` as sorted-key JSON (a stable key)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:length]
 
 
 @contextlib.contextmanager
