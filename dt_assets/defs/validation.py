@@ -18,7 +18,7 @@ import torch
 from resources import ModelRegistry, StorageResource
 
 from ..model.generation import generate, load_generator
-from ..model.registry import alias_version, log_to_run, resolve_version, set_alias, tag_version
+from ..model.registry import alias_version, log_to_run, resolve_version, set_alias, tag_version, version_uri
 from ..physics.simulator import simulate
 from ..showers.store import atomic_file, read_showers, sha256_json, url_to_fs, write_showers
 from ..validation.config import ValidationConfig
@@ -40,10 +40,11 @@ from .model import gan_model
 CHAMPION = "champion"
 
 
-def _pointer(storage: StorageResource, name: str, what: str) -> dict[str, Any]:
+def _pointer(storage: StorageResource, name: str) -> dict[str, Any]:
+    """What the asset ``name`` last produced (its JSON pointer under ``validation/``)."""
     url = storage.validation_url(f"{name}.json")
     if not storage.exists(url):
-        raise dg.Failure(f"no {name} yet: materialize {what} first")
+        raise dg.Failure(f"no {name} yet: materialize {name} first")
     return storage.read_json(url)
 
 
@@ -102,10 +103,10 @@ def generated_showers(
     registry: ModelRegistry,
 ):
     registry.activate()
-    reference = _pointer(storage, "mc_reference", "mc_reference")
+    reference = _pointer(storage, "mc_reference")
     model_uri = config.resolved_uri()
     version = resolve_version(model_uri)
-    generator = load_generator(f"models:/{version.name}/{version.version}")
+    generator = load_generator(version_uri(version))
     if generator.geometry.name != reference["geometry"]:
         raise dg.Failure(
             f"{model_uri} (version {version.version}) generates {generator.geometry.name} showers, but the MC "
@@ -121,13 +122,14 @@ def generated_showers(
         showers = generate_grid(
             generator, cfg.conditions_grid(), cfg.events_per_cell, reference["particle"], config.seed
         )
-        showers.attrs["model_uri"] = f"models:/{version.name}/{version.version}"
+        showers.attrs["model_uri"] = version_uri(version)
         write_showers(showers, url, storage.options())
         context.log.info(f"generated {showers.sizes['event']} showers in {time.monotonic() - started:.1f} s")
     storage.write_json(
         storage.validation_url("generated_showers.json"),
         {
             "url": url,
+            "model_uri": version_uri(version),
             "name": version.name,
             "version": version.version,
             "run_id": version.run_id,
@@ -137,7 +139,7 @@ def generated_showers(
     )
     return dg.MaterializeResult(
         metadata={
-            "model_uri": f"models:/{version.name}/{version.version}",
+            "model_uri": version_uri(version),
             "model_version": int(version.version),
             "path": dg.MetadataValue.path(url),
             "reference_key": reference["key"],
@@ -168,10 +170,6 @@ def _report_folder(name: str, version: str, reference_key: str, cfg: ValidationC
     return f"{name}/v{version}/{reference_key}-{sha256_json(cfg.to_dict(), 10)}"
 
 
-def _validation_settings(config: ValidationReportConfig, reference: dict[str, Any]) -> ValidationConfig:
-    return config.validation_config(ValidationConfig.from_dict(reference["config"]))
-
-
 @dg.asset(
     deps=[generated_showers, mc_reference],
     group_name="validation",
@@ -187,11 +185,11 @@ def validation_report(
     registry: ModelRegistry,
 ):
     registry.activate()
-    reference = _pointer(storage, "mc_reference", "mc_reference")
-    generated = _pointer(storage, "generated_showers", "generated_showers")
+    reference = _pointer(storage, "mc_reference")
+    generated = _pointer(storage, "generated_showers")
     if generated["reference_key"] != reference["key"]:
         raise dg.Failure("generated_showers was made for another MC reference: materialize generated_showers again")
-    cfg = _validation_settings(config, reference)
+    cfg = config.validation_config(ValidationConfig.from_dict(reference["config"]))
     context.log.info(f"validating {generated['name']} v{generated['version']} against {reference['key']}")
     started = time.monotonic()
     result = validate(
@@ -200,13 +198,12 @@ def validation_report(
         cfg,
     )
     seconds = time.monotonic() - started
-    result.provenance["model_uri"] = f"models:/{generated['name']}/{generated['version']}"
+    result.provenance["model_uri"] = generated["model_uri"]
     result.provenance["reference_key"] = reference["key"]
     folder = _report_folder(generated["name"], generated["version"], reference["key"], cfg)
     html_url, json_url = _publish(storage, result, folder, generated["run_id"])
-    version = resolve_version(f"models:/{generated['name']}/{generated['version']}")
     tag_version(
-        version,
+        resolve_version(generated["model_uri"]),
         {
             "validation_passed": result.passed,
             f"validation_{result.score_name}": result.score,
@@ -218,6 +215,7 @@ def validation_report(
         {
             "result": json_url,
             "html": html_url,
+            "model_uri": generated["model_uri"],
             "name": generated["name"],
             "version": generated["version"],
             "run_id": generated["run_id"],
@@ -234,7 +232,7 @@ def validation_report(
             "coverage": round(result.coverage, 4),
             **{name: float(m.value) for name, m in result.global_metrics().items() if name != "coverage"},
             "score": dg.MetadataValue.text(f"{result.score_name} = {result.score:.4g}"),
-            "model_uri": f"models:/{generated['name']}/{generated['version']}",
+            "model_uri": generated["model_uri"],
             "report": dg.MetadataValue.path(html_url),
             "result_json": dg.MetadataValue.path(json_url),
             "summary": dg.MetadataValue.md(markdown_summary(result)),
@@ -272,7 +270,7 @@ def _table(rows: list[dict[str, Any]]) -> dg.MetadataValue:
 
 
 def _latest_result(storage: StorageResource) -> tuple[dict[str, Any], ValidationResult]:
-    pointer = _pointer(storage, "validation_report", "validation_report")
+    pointer = _pointer(storage, "validation_report")
     return pointer, read_result(storage, pointer["result"])
 
 
@@ -287,7 +285,7 @@ def _gate_check(gate_name: str) -> dg.AssetChecksDefinition:
     def check(storage: StorageResource) -> dg.AssetCheckResult:
         pointer, result = _latest_result(storage)
         found = [g for g in gates(result) if g.name == gate_name]
-        meta = {"model_uri": f"models:/{pointer['name']}/{pointer['version']}"}
+        meta = {"model_uri": pointer["model_uri"]}
         if not found:
             return dg.AssetCheckResult(passed=True, metadata={**meta, "reason": "no threshold configured"})
         gate = found[0]
@@ -307,14 +305,14 @@ def _champion_result(
     candidate: ValidationResult,
 ) -> ValidationResult:
     """The champion judged against the same reference with the same settings (validated now if never)."""
-    reference = _pointer(storage, "mc_reference", "mc_reference")
+    reference = _pointer(storage, "mc_reference")
     cfg = ValidationConfig.from_dict(candidate.config)
     folder = _report_folder(champion.name, champion.version, reference["key"], cfg)
     json_url = storage.report_url(folder, "result.json")
     if storage.exists(json_url):
         return read_result(storage, json_url)
     context.log.info(f"validating the champion (version {champion.version}) on the same reference and settings")
-    generator = load_generator(f"models:/{champion.name}/{champion.version}")
+    generator = load_generator(version_uri(champion))
     showers = generate_grid(
         generator, cfg.conditions_grid(), cfg.events_per_cell, reference["particle"], int(pointer["seed"])
     )
@@ -337,7 +335,7 @@ def champion_model(
     pointer, candidate = _latest_result(storage)
     if pointer["name"] != config.registered_model_name:
         raise dg.Failure(f"the latest validation judged {pointer['name']}, not {config.registered_model_name}")
-    candidate_version = resolve_version(f"models:/{pointer['name']}/{pointer['version']}")
+    candidate_version = resolve_version(pointer["model_uri"])
     champion = alias_version(CHAMPION, config.registered_model_name)
     if champion is not None and champion.version == candidate_version.version:
         promote, reason = False, f"version {champion.version} is already the champion"
@@ -362,7 +360,7 @@ def champion_model(
             "champion_version": dg.MetadataValue.text(
                 str(candidate_version.version) if promote else (previous or "none")
             ),
-            "previous_champion": dg.MetadataValue.text(str(previous or "none")),
+            "previous_champion": dg.MetadataValue.text(previous or "none"),
             "score_name": candidate.score_name,
             "candidate_score": float(candidate.score),
             "champion_score": float(champion_score),
@@ -382,16 +380,15 @@ def speed_benchmark(
 ) -> dg.MaterializeResult:
     registry.activate()
     version = resolve_version(config.resolved_uri())
-    generator = load_generator(f"models:/{version.name}/{version.version}")
+    generator = load_generator(version_uri(version))
     geometry = generator.geometry
     generate(generator, min(config.batch_size, config.n_events), config.energy_gev, config.theta_deg)  # warm-up
     started = time.perf_counter()
     generate(generator, config.n_events, config.energy_gev, config.theta_deg, batch_size=config.batch_size, seed=1)
     gan_rate = config.n_events / (time.perf_counter() - started)
     started = time.perf_counter()
-    showers = simulate(config.n_events, config.energy_gev, config.theta_deg, "e-", geometry, seed=1)
+    simulate(config.n_events, config.energy_gev, config.theta_deg, "e-", geometry, seed=1)
     mc_rate = config.n_events / (time.perf_counter() - started)
-    del showers
     device = "cuda" if torch.cuda.is_available() else "cpu"
     threads = torch.get_num_threads()
     numbers = {"generator_showers_per_s": gan_rate, "mc_showers_per_s": mc_rate, "speedup_over_mc": gan_rate / mc_rate}
@@ -404,7 +401,7 @@ def speed_benchmark(
     )
     return dg.MaterializeResult(
         metadata={
-            "model_uri": f"models:/{version.name}/{version.version}",
+            "model_uri": version_uri(version),
             **{k: round(v, 3) for k, v in numbers.items()},
             "device": f"{device} ({threads} threads)",
             "geometry": geometry.name,

@@ -81,8 +81,7 @@ def log_generator(
         )
     client = MlflowClient()
     version = client.get_model_version(registered_model_name, str(info.registered_model_version))
-    for key, value in (tags or {}).items():
-        client.set_model_version_tag(registered_model_name, version.version, key, str(value))
+    tag_version(version, tags or {})
     return client.get_model_version(registered_model_name, version.version)
 
 
@@ -118,12 +117,18 @@ def resolve_version(model_uri: str) -> ModelVersion:
 def alias_version(alias: str, registered_model_name: str = DEFAULT_MODEL_NAME) -> ModelVersion | None:
     """The version holding ``alias``, or None when no version holds it (or the model does not exist)."""
     try:
-        return MlflowClient().get_model_version_by_alias(registered_model_name, alias)
-    except mlflow.exceptions.MlflowException:
+        return resolve_version(f"models:/{registered_model_name}@{alias}")
+    except LookupError:
         return None
 
 
+def version_uri(version: ModelVersion) -> str:
+    """``models:/name/N``: the registry URI of exactly this version."""
+    return f"models:/{version.name}/{version.version}"
+
+
 def tag_version(version: ModelVersion, tags: Mapping[str, object]) -> None:
+    """Set each tag (its value as text) on a registered version."""
     client = MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(version.name, version.version, key, str(value))
