@@ -121,7 +121,7 @@ class ValidationResult:
             "score_name": self.score_name,
             "score": finite_or_none(self.score),
             "summary": self.summary(),
-            "metrics": {k: {**_clean(asdict(v)), "passed": v.passed} for k, v in self.metrics.items()},
+            "metrics": {k: {**_json_safe(asdict(v)), "passed": v.passed} for k, v in self.metrics.items()},
             "failures": [asdict(f) for f in self.failures],
             "cells": [asdict(c) for c in self.cells],
             "config": _json_safe(self.config),
@@ -193,15 +193,3 @@ def _json_safe(value: Any) -> Any:
 
 def _nan(x: float | None) -> float:
     return float("nan") if x is None else float(x)
-
-
-def _clean(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, float):
-            out[k] = finite_or_none(v)
-        elif isinstance(v, (tuple, list)):
-            out[k] = [finite_or_none(x) if isinstance(x, float) else x for x in v]
-        else:
-            out[k] = v
-    return out

@@ -64,6 +64,7 @@ def validate(
     pooled: dict[str, list[np.ndarray]] = {"reference": [], "candidate": [], "baseline": []}
     coverage_replicas = np.zeros(cfg.bootstrap)
     baseline_coverage_replicas = np.zeros(cfg.bootstrap)
+    baseline_cells_passed = 0  # cells where the MC-vs-MC baseline passes every check
     cell_list = cfg.conditions_grid().cells()
     for index, cell in enumerate(cell_list):
         r_idx, b_idx, c_idx = _cell_events(cell, ref, base, cand, separate_baseline=baseline is not None)
@@ -83,17 +84,7 @@ def validate(
         outcome = _compare_cell(cell, index, cfg, geometry, ref, base, cand, (r_idx, b_idx, c_idx))
         metrics.update(outcome.metrics)
         distributions[cell.id] = outcome.distributions
-        cell_failures = [
-            Failure(
-                check=f"{m.observable}.{m.metric}",
-                reason=f"|{m.value:.4g}| > {m.threshold:g} (MC-vs-MC baseline {m.baseline:.4g})",
-                cell=cell.id,
-                observable=m.observable,
-                metric=m.metric,
-            )
-            for m in outcome.metrics.values()
-            if m.passed is False
-        ]
+        cell_failures = [_failure(m) for m in outcome.metrics.values() if m.passed is False]
         failures.extend(cell_failures)
         n_checks = sum(m.threshold is not None for m in outcome.metrics.values())
         cells.append(
@@ -103,9 +94,10 @@ def validate(
         )
         coverage_replicas += outcome.replica_passed
         baseline_coverage_replicas += outcome.baseline_replica_passed
+        baseline_cells_passed += outcome.baseline_passed and n_checks > 0
     n_cells = len(cell_list)
     coverage = sum(c.passed for c in cells) / n_cells
-    baseline_coverage = float(np.mean(_baseline_cell_pass(metrics, cells))) if cells else 0.0
+    baseline_coverage = baseline_cells_passed / n_cells
     alpha = (1 - cfg.confidence) / 2
     metrics["coverage"] = MetricValue(
         value=coverage,
@@ -124,13 +116,7 @@ def validate(
         for name, value in _global_metrics(cfg, ref, base, cand, parts).items():
             metrics[name] = value
             if value.passed is False:
-                failures.append(
-                    Failure(
-                        check=name,
-                        reason=f"|{value.value:.4g}| > {value.threshold:g} (MC-vs-MC baseline {value.baseline:.4g})",
-                        metric=name,
-                    )
-                )
+                failures.append(_failure(value))
     else:
         failures.append(Failure(check="global", reason="no cell had enough events for the global metrics"))
     score = metrics[cfg.score].value if cfg.score in metrics else float("nan")
@@ -146,6 +132,13 @@ def validate(
         provenance={role: _provenance(ds) for role, ds in inputs.items()} | {"geometry": geometry.name},
         distributions=distributions,
     )
+
+
+def _failure(m: MetricValue) -> Failure:
+    """The failure of a metric's check: ``observable.metric`` in a cell, or a global metric by name."""
+    check = f"{m.observable}.{m.metric}" if m.observable else m.metric
+    reason = f"|{m.value:.4g}| > {m.threshold:g} (MC-vs-MC baseline {m.baseline:.4g})"
+    return Failure(check=check, reason=reason, cell=m.cell, observable=m.observable, metric=m.metric)
 
 
 def _common_geometry(inputs: dict[str, xr.Dataset]) -> Geometry:
@@ -178,6 +171,7 @@ class _CellOutcome:
         self.distributions: dict[str, dict[str, list[float]]] = {}
         self.replica_passed = np.ones(bootstrap, dtype=bool)
         self.baseline_replica_passed = np.ones(bootstrap, dtype=bool)
+        self.baseline_passed = True  # the point values of the MC-vs-MC baseline pass every check
 
 
 def _compare_cell(
@@ -227,6 +221,7 @@ def _compare_cell(
             if threshold is not None:
                 outcome.replica_passed &= np.abs(model) <= threshold
                 outcome.baseline_replica_passed &= np.abs(floor) <= threshold
+                outcome.baseline_passed &= abs(value.baseline) <= threshold
         outcome.distributions[name] = _shapes(o.binned, full, n)
     return outcome
 
@@ -282,15 +277,6 @@ def _interval(replicas: np.ndarray, alpha: float) -> tuple[float, float]:
         return (float("nan"), float("nan"))
     low, high = np.percentile(finite, [100 * alpha, 100 * (1 - alpha)])
     return (float(low), float(high))
-
-
-def _baseline_cell_pass(metrics: dict[str, MetricValue], cells: list[CellResult]) -> list[bool]:
-    """Per cell: would the MC-vs-MC baseline pass every check?"""
-    out = []
-    for c in cells:
-        checks = [m for m in metrics.values() if m.cell == c.id and m.threshold is not None]
-        out.append(bool(checks) and all(abs(m.baseline) <= m.threshold for m in checks))
-    return out
 
 
 def features(cfg: ValidationConfig, observed: Observed, idx: np.ndarray) -> np.ndarray:
