@@ -11,7 +11,7 @@ PORT ?= 3000
 MLFLOW_PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format ui mlflow-ui bench
+.PHONY: help install demo test lint format ui twin mlflow-ui bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -38,9 +38,12 @@ lint: install ## ruff lint and format check
 format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
-ui: install ## Start the Dagster UI (dagster dev) on http://127.0.0.1:3000 (set HOST, PORT to change)
+ui: install ## Start the Dagster UI and daemon on http://127.0.0.1:3000, the loop's sensors on (HOST, PORT to change)
 	$(PY) -c 'from dt_assets.home import ensure_dagster_home, ensure_home; ensure_home(); ensure_dagster_home()'
-	$(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	CALOTWIN_LOOP=on $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+
+twin: install ## Start the UI and daemon, drop a new simulated batch into landing/ and show the loop react
+	$(PY) -m dt_assets.twin --host $(HOST) --port $(PORT)
 
 mlflow-ui: install ## Start the MLflow UI on the embedded tracking store, http://127.0.0.1:5000 (MLFLOW_PORT to change)
 	mkdir -p $(CALOTWIN_HOME)/mlflow

@@ -5,7 +5,15 @@ import dagster as dg
 from resources import ModelRegistry, storage_from_env, tracking_resource
 
 from .defs.data import raw_showers, simulation_runs
-from .defs.jobs import ingest_runs_job, register_runs_job, train_job, validate_job
+from .defs.jobs import (
+    ingest_runs_job,
+    promote_job,
+    register_runs_job,
+    train_job,
+    validate_job,
+    validate_model_job,
+)
+from .defs.loop import loop_schedules, loop_sensors, quarantined_files
 from .defs.model import gan_model
 from .defs.preprocess import preprocessed_showers, training_set
 from .defs.validation import (
@@ -29,8 +37,11 @@ defs = dg.Definitions(
         validation_report,
         champion_model,
         speed_benchmark,
+        quarantined_files,
     ],
     asset_checks=validation_checks,
-    jobs=[register_runs_job, ingest_runs_job, train_job, validate_job],
+    jobs=[register_runs_job, ingest_runs_job, train_job, validate_job, validate_model_job, promote_job],
+    sensors=loop_sensors,
+    schedules=loop_schedules,
     resources={"storage": storage_from_env(), "mlflow": tracking_resource(), "registry": ModelRegistry()},
 )

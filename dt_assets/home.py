@@ -28,15 +28,22 @@ def ensure_home(home: Path | None = None) -> Path:
     return home
 
 
-DAGSTER_YAML = """\
-# Written by CaloTwin for the embedded default instance; edit freely, it is not overwritten.
+DAGSTER_HEADER = "# Written by CaloTwin for the embedded default instance; edit freely, it is not overwritten."
+CONCURRENCY_YAML = """\
+concurrency:
+  pools:
+    default_limit: 1  # one step at a time per pool: gan_model's pool "training" runs one training at a time
+"""
+DAGSTER_YAML = f"""\
+{DAGSTER_HEADER}
 telemetry:
   enabled: false
-"""
+{CONCURRENCY_YAML}"""
 
 
 def ensure_dagster_home() -> Path:
-    """``$DAGSTER_HOME`` (default ``$CALOTWIN_HOME/dagster``), created with a dagster.yaml if missing.
+    """``$DAGSTER_HOME`` (default ``$CALOTWIN_HOME/dagster``), created with a dagster.yaml if missing
+    (telemetry off; every concurrency pool limited to 1, so one training runs at a time).
 
     Sets ``DAGSTER_HOME`` in this process's environment when it was not set.
     """
@@ -45,5 +52,9 @@ def ensure_dagster_home() -> Path:
     config = dagster_home / "dagster.yaml"
     if not config.exists():
         config.write_text(DAGSTER_YAML)
+    else:  # a file CaloTwin wrote before pools existed gains the concurrency section, nothing else changes
+        text = config.read_text()
+        if text.startswith(DAGSTER_HEADER) and "concurrency:" not in text:
+            config.write_text(text.rstrip("\n") + "\n" + CONCURRENCY_YAML)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return dagster_home

@@ -59,6 +59,7 @@ def test_definitions_load_with_the_pinned_graph():
         "validation_report",
         "champion_model",
         "speed_benchmark",
+        "quarantined_files",
     }
     assert {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys} == {
         ("raw_showers", "schema_and_units"),
@@ -88,12 +89,26 @@ def test_definitions_load_with_the_pinned_graph():
         "ingest_runs",
         "train_gan",
         "validate_and_promote",
+        "validate_model",
+        "promote_champion",
     }
-    assert not list(repo.schedule_defs)
-    # the sensor that evaluates raw_showers' on_missing() condition exists and is off until a user turns it on
-    (sensor,) = repo.sensor_defs
-    assert sensor.name == "default_automation_condition_sensor"
-    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    # schedules and sensors exist and are off until a user turns them on (make ui / make twin turn the loop on)
+    assert {s.name: s.default_status for s in repo.schedule_defs} == {
+        "nightly_revalidation": dg.DefaultScheduleStatus.STOPPED,
+        "weekly_full_retraining": dg.DefaultScheduleStatus.STOPPED,
+    }
+    assert {s.name: s.default_status for s in repo.sensor_defs} == {
+        name: dg.DefaultSensorStatus.STOPPED
+        for name in (
+            "default_automation_condition_sensor",  # evaluates raw_showers' on_missing() condition
+            "landing_sensor",
+            "retrain_sensor",
+            "validate_after_training",
+            "promote_after_validation",
+            "promote_after_failed_validation",
+        )
+    }
+    assert graph.get(dg.AssetKey("gan_model")).pools == {"training"}
     assert set(defs.resources) == {"storage", "mlflow", "registry"}
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO
 from dt_assets import read_showers
+from dt_assets.twin import LOOP_SENSORS, loop_states
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +182,12 @@ def test_make_ui_serves_the_assets_with_metadata_and_checks(demo_home):
             ("validation_report",),
             ("champion_model",),
             ("speed_benchmark",),
+            ("quarantined_files",),
         }
+        # `make ui` runs the self-driving loop: its sensors are on, its schedules wait for a user
+        states = loop_states(port)
+        assert {name: states[name] for name in LOOP_SENSORS} == dict.fromkeys(LOOP_SENSORS, "RUNNING")
+        assert states["nightly_revalidation"] == states["weekly_full_retraining"] == "STOPPED"
         materializations = materializations_of(port, "raw_showers")
         assert len({m["partition"] for m in materializations}) == 3
         entries = {e["label"]: e for e in materializations[0]["metadataEntries"]}

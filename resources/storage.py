@@ -25,7 +25,8 @@ STORAGE_URL_ENV = "CALOTWIN_STORAGE_URL"
 class StorageResource(ConfigurableResource):
     """A root location with a fixed layout: ``data/raw/<run>.zarr``, ``data/runs/<run>.json``,
     ``data/preprocessed/<run>.zarr``, ``data/training_set.json``, ``checkpoints/<training>/``,
-    ``validation/`` (reference and generated samples) and ``reports/``."""
+    ``validation/`` (reference and generated samples), ``reports/``, and the landing area: ``landing/``,
+    ``data/landed/<file-key>/`` (accepted) and ``quarantine/`` (refused)."""
 
     @abstractmethod
     def root_url(self) -> str:
@@ -61,6 +62,18 @@ class StorageResource(ConfigurableResource):
     def report_url(self, *parts: str) -> str:
         """Validation reports: ``reports/<model>/v<version>/<reference>-<settings>/report.html``."""
         return self.url("reports", *parts)
+
+    def landing_url(self) -> str:
+        """Where new simulation files are dropped (the landing sensor watches it)."""
+        return self.url("landing")
+
+    def landed_url(self) -> str:
+        """Accepted landing files, one folder per checksum key: ``data/landed/<file-key>/<name>``."""
+        return self.url("data", "landed")
+
+    def quarantine_url(self) -> str:
+        """Refused landing files, each with a ``.json`` sidecar naming the reason (never deleted)."""
+        return self.url("quarantine")
 
     def exists(self, url: str) -> bool:
         fs, path = url_to_fs(url, self.options())

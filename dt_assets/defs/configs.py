@@ -267,6 +267,11 @@ class ChampionConfig(dg.Config):
     """Promotion of the validated challenger to champion."""
 
     registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
+    model_uri: str = Field(
+        default="",
+        description="The version the latest validation must have judged (models:/name/N), as the loop sets it; "
+        "empty: whichever version the latest validation judged.",
+    )
 
 
 class SpeedBenchmarkConfig(dg.Config):

@@ -18,6 +18,8 @@ from .metadata import image
 from .preprocess import training_set
 
 CHALLENGER = "challenger"
+#: one training at a time: the default instance limits every pool to 1 (see dt_assets.home)
+TRAINING_POOL = "training"
 
 
 def epoch_logger(context: dg.AssetExecutionContext):
@@ -46,6 +48,7 @@ def epoch_logger(context: dg.AssetExecutionContext):
     required_resource_keys={"mlflow", "storage"},
     group_name="model",
     kinds={"pytorch", "mlflow"},
+    pool=TRAINING_POOL,
     description="The 3DGAN trained on the training set's runs of one geometry, checkpointed every epoch "
     "(a restarted training resumes), logged to MLflow and registered as a new version (alias 'challenger').",
 )
@@ -115,6 +118,8 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
             "model_version": int(version.version),
             "mlflow_run_id": mlflow_run_id,
             "partitions": partitions,
+            "geometry": config.geometry,
+            "warm_start": config.warm_start or "none",
             "checkpoint": dg.MetadataValue.path(result.checkpoint_url),
             "generator_parameters": parameter_count(result.generator),
             "discriminator_parameters": parameter_count(result.discriminator),

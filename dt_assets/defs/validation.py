@@ -335,6 +335,11 @@ def champion_model(
     pointer, candidate = _latest_result(storage)
     if pointer["name"] != config.registered_model_name:
         raise dg.Failure(f"the latest validation judged {pointer['name']}, not {config.registered_model_name}")
+    if config.model_uri and pointer["model_uri"] != config.model_uri:
+        raise dg.Failure(
+            f"the latest validation judged {pointer['model_uri']}, not {config.model_uri}: "
+            f"materialize validate_model for {config.model_uri} again, then champion_model"
+        )
     candidate_version = resolve_version(pointer["model_uri"])
     champion = alias_version(CHAMPION, config.registered_model_name)
     if champion is not None and champion.version == candidate_version.version:

@@ -1,0 +1,265 @@
+"""`make twin`: start the Dagster webserver and daemon, drop a new batch of simulated data into the
+landing area, and show the loop react: ingestion, retraining, validation, promotion decision.
+
+It starts ``dagster dev`` on the data home's instance with the loop's sensors on, turns them on
+through the GraphQL API as well (a user may have stopped them in the UI), writes a 3DGAN HDF5 file
+of new Monte Carlo showers (a new seed each time) into ``$CALOTWIN_HOME/landing``, and prints each run
+of the loop as it starts and ends. Then it keeps the UI up until Ctrl-C (``--once``: it stops as
+soon as the promotion decision is recorded).
+
+The client functions here (:class:`DagsterDev`, :func:`graphql`, :func:`start_sensors`,
+:func:`loop_runs`, :func:`react`) talk to the webserver over HTTP; the end-to-end test uses them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .home import ensure_dagster_home, ensure_home
+
+REPO = Path(__file__).resolve().parents[1]
+LOOP_SENSORS = (
+    "landing_sensor",
+    "retrain_sensor",
+    "validate_after_training",
+    "promote_after_validation",
+    "promote_after_failed_validation",
+)
+LOOP_SCHEDULES = ("nightly_revalidation", "weekly_full_retraining")
+LOOP_JOBS = ("ingest_runs", "train_gan", "validate_model", "promote_champion")
+FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
+
+
+def graphql(port: int, query: str, variables: dict[str, Any] | None = None, host: str = "127.0.0.1") -> dict:
+    """POST a query to the webserver's /graphql; GraphQL errors raise RuntimeError with the message."""
+    request = urllib.request.Request(
+        f"http://{host}:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        payload = json.loads(response.read())
+    if payload.get("errors"):
+        raise RuntimeError(f"GraphQL error: {payload['errors']}")
+    return payload["data"]
+
+
+class DagsterDev:
+    """``dagster dev`` (webserver and daemon) in its own process group, stopped with SIGTERM.
+
+    ``env`` is the whole environment of the server (``DAGSTER_HOME``, ``CALOTWIN_HOME``...). Use it as
+    a context manager; it waits until the webserver answers.
+    """
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path, host: str = "127.0.0.1") -> None:
+        self.env, self.port, self.host, self.log_path = env, port, host, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> DagsterDev:
+        self.log = open(self.log_path, "w")
+        dagster = Path(sys.executable).with_name("dagster")
+        self.proc = subprocess.Popen(
+            [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", self.host, "-p", str(self.port)],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{self.host}:{self.port}/server_info", timeout=5):
+                    break
+            except OSError:
+                if self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"dagster dev exited: {self.log_path.read_text()[-3000:]}") from None
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"dagster dev did not answer within 180 s; log {self.log_path}") from None
+                time.sleep(1)
+        graphql(self.port, "mutation { setNuxSeen }", host=self.host)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.log.close()
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+
+
+_REPOS = """{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name }
+  sensors { name sensorState { status } } schedules { name scheduleState { status } } } } } }"""
+
+
+def loop_states(port: int, host: str = "127.0.0.1") -> dict[str, str]:
+    """RUNNING / STOPPED of every sensor and schedule in the workspace, by name."""
+    nodes = graphql(port, _REPOS, host=host)["repositoriesOrError"]["nodes"]
+    states = {}
+    for repo in nodes:
+        states |= {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]}
+        states |= {s["name"]: s["scheduleState"]["status"] for s in repo["schedules"]}
+    return states
+
+
+def start_sensors(port: int, names: tuple[str, ...] = LOOP_SENSORS, host: str = "127.0.0.1") -> dict[str, str]:
+    """Turn sensors on through GraphQL (as the UI's toggle does); returns their states afterwards."""
+    (repo,) = graphql(port, _REPOS, host=host)["repositoriesOrError"]["nodes"]
+    selector = {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"]}
+    running = {s["name"] for s in repo["sensors"] if s["sensorState"]["status"] == "RUNNING"}
+    for name in names:
+        if name in running:
+            continue
+        data = graphql(
+            port,
+            """mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) {
+                 __typename ... on Sensor { sensorState { status } } ... on PythonError { message } } }""",
+            {"s": {**selector, "sensorName": name}},
+            host=host,
+        )["startSensor"]
+        if data["__typename"] != "Sensor":
+            raise RuntimeError(f"could not start {name}: {data}")
+    states = loop_states(port, host)
+    return {name: states[name] for name in names}
+
+
+def loop_runs(port: int, host: str = "127.0.0.1") -> list[dict[str, Any]]:
+    """Every run, oldest first: id, job, status, tags (as a dict), creation, start and end times (s)."""
+    data = graphql(
+        port,
+        """{ runsOrError(limit: 200) { ... on Runs { results {
+             runId jobName status creationTime startTime endTime tags { key value } } } } }""",
+        host=host,
+    )
+    runs = data["runsOrError"]["results"]
+    for run in runs:
+        run["tags"] = {t["key"]: t["value"] for t in run["tags"]}
+    return list(reversed(runs))
+
+
+def latest_metadata(port: int, asset: str, host: str = "127.0.0.1") -> dict[str, Any] | None:
+    """The latest materialization's text, int, float, bool and path metadata of an asset, or None."""
+    data = graphql(
+        port,
+        """query($p: [String!]!) { assetOrError(assetKey: {path: $p}) { ... on Asset {
+             assetMaterializations(limit: 1) { runId timestamp metadataEntries { label
+               ... on TextMetadataEntry { text } ... on IntMetadataEntry { intValue }
+               ... on FloatMetadataEntry { floatValue } ... on BoolMetadataEntry { boolValue }
+               ... on PathMetadataEntry { path } } } } } }""",
+        {"p": [asset]},
+        host=host,
+    )["assetOrError"]
+    found = data.get("assetMaterializations") if data else None
+    if not found:
+        return None
+    values: dict[str, Any] = {"run_id": found[0]["runId"], "timestamp": float(found[0]["timestamp"]) / 1000}
+    for entry in found[0]["metadataEntries"]:
+        values[entry["label"]] = next(
+            (entry[k] for k in ("text", "intValue", "floatValue", "boolValue", "path") if k in entry), None
+        )
+    return values
+
+
+def drop_batch(landing: Path, n_events: int, geometry: str, seed: int) -> Path:
+    """Write a new 3DGAN HDF5 batch of Monte Carlo showers into the landing folder, as an uploader
+    should: under a temporary name first, renamed when complete."""
+    from .physics.simulator import simulate
+    from .showers.hdf5 import write_hdf5
+
+    landing.mkdir(parents=True, exist_ok=True)
+    name = f"twin-batch-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-s{seed}.h5"
+    showers = simulate(n_events, (10.0, 200.0), (60.0, 120.0), "e-", geometry=geometry, seed=seed)
+    partial = landing / f"{name}.part"
+    write_hdf5(showers, str(partial), layout="3dgan")
+    partial.rename(landing / name)
+    return landing / name
+
+
+def follow(port: int, since: float, timeout_s: float, host: str = "127.0.0.1") -> list[dict[str, Any]]:
+    """Print the loop's runs created after ``since`` as they change state; return them (oldest first)
+    once a promotion run has finished or a loop run other than a validation failed."""
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = [r for r in loop_runs(port, host) if r["jobName"] in LOOP_JOBS and r["creationTime"] >= since]
+        for run in runs:
+            if seen.get(run["runId"]) != run["status"]:
+                seen[run["runId"]] = run["status"]
+                extra = run["tags"].get("calotwin/model_uri") or run["tags"].get("dagster/partition", "")
+                print(f"  {time.strftime('%H:%M:%S')}  {run['jobName']:<17} {run['status']:<9} {extra}", flush=True)
+        done = [r for r in runs if r["status"] in FINISHED]
+        if any(r["jobName"] == "promote_champion" for r in done):
+            return runs
+        if any(r["status"] != "SUCCESS" and r["jobName"] != "validate_model" for r in done):
+            return runs
+        time.sleep(1)
+    raise TimeoutError(f"the loop did not reach a promotion decision within {timeout_s:.0f} s")
+
+
+def react(
+    port: int, landing: Path, events: int, geometry: str, seed: int, timeout_s: float, host: str = "127.0.0.1"
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Drop a new batch into ``landing`` and follow the loop to its promotion decision: the batch's
+    path and the loop's runs."""
+    started = time.time()
+    batch = drop_batch(landing, events, geometry, seed)
+    print(f"dropped {batch.name} ({events} new showers) into {landing}; the loop reacts:", flush=True)
+    return batch, follow(port, started, timeout_s, host)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+    parser.add_argument("--events", type=int, default=1000, help="showers in the new batch (default 1000)")
+    parser.add_argument("--geometry", default="small_ecal_15x15x12", help="geometry preset of the batch")
+    parser.add_argument("--once", action="store_true", help="stop once the promotion decision is recorded")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the loop (default 1800)")
+    args = parser.parse_args(argv)
+    home = ensure_home()
+    ensure_dagster_home()
+    env = {**os.environ, "CALOTWIN_LOOP": "on", "CALOTWIN_HOME": str(home)}
+    url = f"http://{args.host}:{args.port}"
+    print(f"CaloTwin twin: data home {home}; starting the Dagster webserver and daemon on {url}")
+    with DagsterDev(env, args.port, home / "twin-dagster.log", args.host) as server:
+        states = start_sensors(server.port, host=args.host)
+        print("loop sensors: " + ", ".join(f"{k} {v}" for k, v in states.items()))
+        seed = int(time.time()) % 1_000_000  # new data each time
+        react(server.port, home / "landing", args.events, args.geometry, seed, args.timeout, args.host)
+        decision = latest_metadata(server.port, "champion_model", args.host)
+        if decision:
+            verb = "promoted to champion" if decision.get("promoted") else "not promoted"
+            print(f"promotion: version {decision.get('candidate_version')} {verb}: {decision.get('reason')}")
+        print(f"quarantine: {home / 'quarantine'} (bad files land there with a .json reason)")
+        if args.once:
+            return 0
+        print(f"the UI stays up at {url}; drop more files into {home / 'landing'}; Ctrl-C stops it")
+        try:
+            while server.proc is not None and server.proc.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            print("stopping")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

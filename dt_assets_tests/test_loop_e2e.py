@@ -1,0 +1,153 @@
+"""The self-driving loop end to end, with the real webserver and daemon (`dagster dev`).
+
+The sensors are turned on through the GraphQL API, as the UI's toggle does. A good file dropped into
+the landing folder must be ingested, trained on, validated and judged with no one at the keyboard; a
+bad file must end up in quarantine with its reason and change nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from conftest import SMALL
+from dt_assets.home import DAGSTER_YAML, ensure_home
+from dt_assets.twin import (
+    LOOP_SENSORS,
+    DagsterDev,
+    graphql,
+    latest_metadata,
+    loop_runs,
+    loop_states,
+    react,
+    start_sensors,
+)
+from dt_assets.validation.config import DEFAULT_THRESHOLDS
+
+pytestmark = pytest.mark.slow
+
+#: a CPU-sized loop: 1-second sensors, a 3-step training, a one-cell validation whose checks all pass
+TWIN = {
+    "landing": {"min_interval_seconds": 1},
+    "retrain": {"min_interval_seconds": 1, "gan_model": {"epochs": 1, "max_steps_per_epoch": 3, "batch_size": 16}},
+    "validation": {
+        "mc_reference": {"events_per_cell": 100, "n_energies": 1, "angles_deg": [90.0]},
+        "validation_report": {
+            "bootstrap": 5,
+            "classifier_epochs": 2,
+            "thresholds": {key: 1e12 for key, value in DEFAULT_THRESHOLDS.items() if value is not None},
+        },
+    },
+}
+LOOP = ("ingest_runs", "train_gan", "validate_model", "promote_champion")
+DEADLINE_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, condition, timeout_s: float, log: Path):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(
+        f"timed out after {timeout_s:.0f} s waiting for {what}; dagster dev log:\n" + log.read_text()[-4000:]
+    )
+
+
+def partitions(port: int) -> list[str]:
+    data = graphql(
+        port, '{ assetNodeOrError(assetKey: {path: ["raw_showers"]}) { ... on AssetNode { partitionKeys } } }'
+    )
+    return sorted(data["assetNodeOrError"]["partitionKeys"])
+
+
+def champion(home: Path) -> str | None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow/mlflow.db")
+    version = client.get_registered_model("calotwin-3dgan").aliases.get("champion")
+    return None if version is None else str(version)
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    """`dagster dev` on a fresh data home and instance, with the fast loop settings."""
+    home = tmp_path_factory.mktemp("twin") / "calotwin"
+    ensure_home(home)
+    # the default instance, with the run queue looked at every second instead of every 5 s
+    (home / "dagster" / "dagster.yaml").write_text(DAGSTER_YAML + "run_queue:\n  dequeue_interval_seconds: 1\n")
+    (home / "twin.yaml").write_text(yaml.safe_dump(TWIN))
+    env = {k: v for k, v in os.environ.items() if k not in ("CALOTWIN_STORAGE_URL", "CALOTWIN_LOOP", "MAKEFLAGS")}
+    env |= {"CALOTWIN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    with DagsterDev(env, free_port(), home / "dagster-dev.log") as server:
+        yield home, server
+
+
+def test_a_landed_file_is_ingested_retrained_validated_and_promoted_unattended(twin, tmp_path):
+    home, server = twin
+    port = server.port
+    assert {name: loop_states(port)[name] for name in LOOP_SENSORS} == dict.fromkeys(LOOP_SENSORS, "STOPPED")
+    assert start_sensors(port) == dict.fromkeys(LOOP_SENSORS, "RUNNING")
+
+    batch, runs = react(port, home / "landing", 400, SMALL, seed=41, timeout_s=DEADLINE_S)
+    (landed,) = (home / "data" / "landed").glob(f"*/{batch.name}")
+    key = f"file-{hashlib.sha256(landed.read_bytes()).hexdigest()[:12]}"
+    log = server.log_path.read_text()[-4000:]
+    assert [(r["jobName"], r["status"]) for r in runs] == [(job, "SUCCESS") for job in LOOP], log
+    first = runs[0]["creationTime"]
+    for r in runs:  # the latencies, for the log (bench/loop.py measures them)
+        times = ", ".join(f"{k} +{r[k + 'Time'] - first:5.1f} s" for k in ("creation", "start", "end"))
+        print(f"{r['jobName']:<18} {times}")
+    ingest, train, validate, promote = runs
+    assert ingest["tags"]["dagster/partition"] == key and ingest["tags"]["calotwin/loop"] == "ingest"
+    assert train["tags"]["calotwin/new_runs"] == key and train["tags"]["calotwin/warm_start"] == ""
+    assert validate["tags"]["calotwin/model_uri"] == "models:/calotwin-3dgan/1" == promote["tags"]["calotwin/model_uri"]
+    assert partitions(port) == [key]
+    assert landed.parent.name == key
+    assert not list((home / "landing").iterdir())
+    decision = latest_metadata(port, "champion_model")
+    assert decision["promoted"] is True and decision["reason"] and decision["candidate_version"] == 1
+    assert champion(home) == "1"
+    model = latest_metadata(port, "gan_model")
+    assert model["partitions"] == key and model["run_id"] == train["runId"]
+
+    # a bad file: quarantined with its reason, and nothing else changes
+    bad = home / "landing" / "bad-nan.h5"
+    shutil.copy(landed, tmp_path / "bad.h5")
+    with h5py.File(tmp_path / "bad.h5", "r+") as h5:
+        h5["ECAL"][7, 2, 2, 2] = np.inf
+    shutil.copy(tmp_path / "bad.h5", bad)
+    before = [(r["runId"], r["status"]) for r in loop_runs(port)]
+    sidecars = wait_for(
+        "the bad file in quarantine",
+        lambda: list((home / "quarantine").glob("*-bad-nan.h5.json")),
+        120,
+        server.log_path,
+    )
+    sidecar = json.loads(sidecars[0].read_text())
+    assert sidecar["original_name"] == "bad-nan.h5" and "inf" in sidecar["reason"]
+    assert Path(sidecar["url"]).read_bytes() == (tmp_path / "bad.h5").read_bytes()
+    shown = wait_for(
+        "the quarantine in the UI", lambda: latest_metadata(port, "quarantined_files"), 60, server.log_path
+    )
+    assert shown["file"] == "bad-nan.h5" and "inf" in shown["reason"] and shown["check"] == "bad_content"
+    time.sleep(8)  # several ticks of every sensor
+    assert [(r["runId"], r["status"]) for r in loop_runs(port)] == before
+    assert partitions(port) == [key] and champion(home) == "1"
+    assert not list((home / "landing").iterdir())
