@@ -33,6 +33,11 @@ CONCURRENCY_YAML = """\
 concurrency:
   pools:
     default_limit: 1  # one step at a time per pool: gan_model's pool "training" runs one training at a time
+  runs:
+    tag_concurrency_limits:  # one run at a time per queue: calotwin/queue is "training" or "validation"
+      - key: calotwin/queue
+        value: {applyLimitPerUniqueValue: true}
+        limit: 1
 """
 DAGSTER_YAML = f"""\
 {DAGSTER_HEADER}
@@ -43,7 +48,8 @@ telemetry:
 
 def ensure_dagster_home() -> Path:
     """``$DAGSTER_HOME`` (default ``$CALOTWIN_HOME/dagster``), created with a dagster.yaml if missing
-    (telemetry off; every concurrency pool limited to 1, so one training runs at a time).
+    (telemetry off; every concurrency pool limited to 1, so one training runs at a time; queued runs
+    tagged ``calotwin/queue`` run one at a time per value: one training run, one validation run).
 
     Sets ``DAGSTER_HOME`` in this process's environment when it was not set.
     """

@@ -258,9 +258,9 @@ class Landing:
         last scan's observations, which the caller keeps, e.g. in a sensor cursor). Ignored (neither
         ready nor observed): names ending in :data:`TEMP_SUFFIXES`, marker files themselves, and hidden
         names starting with a single ``.`` (e.g. rsync's ``.name.XYZ`` temp files); names starting with
-        ``..`` are unsafe, not hidden. Symlinks and unsafe names are ready at once (they go to
-        quarantine whatever their state). A landing area that does not exist (yet) is empty. Entries
-        are sorted by name.
+        ``..`` are unsafe, not hidden (they settle like any file, so their sidecar records the complete
+        upload). Symlinks are ready at once (made in one step; they go to quarantine). A landing area
+        that does not exist (yet) is empty. Entries are sorted by name.
         """
         previous = previous or {}
         ready: list[Entry] = []
@@ -271,15 +271,30 @@ class Landing:
             observed = [float(entry.size), float(entry.mtime)]
             before = previous.get(entry.name)
             stable = before is not None and [float(v) for v in before] == observed
-            if entry.has_marker or entry.is_link or not safe_name(entry.name) or stable:
+            if entry.has_marker or entry.is_link or stable:
                 ready.append(entry)
             else:
                 settling[entry.name] = observed
         return ready, settling
 
-    def entry(self, name: str) -> Entry | None:
-        """The entry listed under exactly ``name`` now (ignored names included), or None."""
-        return next((e for e in self._entries() if e.name == name), None)
+    def landed_keys(self) -> set[str]:
+        """The run keys that have a folder in the accepted area (one listing)."""
+        area = self.accepted
+        try:
+            listing = area.fs.ls(area.root, detail=False)
+        except FileNotFoundError:
+            return set()
+        return {name for p in listing if (name := str(p).rstrip("/").rsplit("/", 1)[-1]).startswith("file-")}
+
+    def landed_file(self, key: str) -> str | None:
+        """The URL of the first data file accepted under ``key`` (markers aside), or None."""
+        area = self.accepted
+        try:
+            listing = sorted(str(p).rstrip("/") for p in area.fs.ls(area.path(key), detail=False))
+        except FileNotFoundError:
+            return None
+        files = [p for p in listing if not p.endswith(MARKER_SUFFIX) and p != area.path(key)]
+        return area.url_of(files[0]) if files else None
 
     def _entries(self) -> list[Entry]:
         area = self.landing

@@ -7,7 +7,7 @@ of new Monte Carlo showers (a new seed each time) into ``$CALOTWIN_HOME/landing`
 of the loop as it starts and ends. Then it keeps the UI up until Ctrl-C (``--once``: it stops as
 soon as the promotion decision is recorded).
 
-The client functions here (:class:`DagsterDev`, :func:`graphql`, :func:`start_sensors`,
+The client functions here (:class:`Served`, :class:`DagsterDev`, :func:`graphql`, :func:`start_sensors`,
 :func:`loop_runs`, :func:`react`) talk to the webserver over HTTP; the end-to-end test uses them too.
 """
 
@@ -34,7 +34,6 @@ LOOP_SENSORS = (
     "promote_after_validation",
     "promote_after_failed_validation",
 )
-LOOP_SCHEDULES = ("nightly_revalidation", "weekly_full_retraining")
 LOOP_JOBS = ("ingest_runs", "train_gan", "validate_model", "promote_champion")
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
@@ -53,58 +52,80 @@ def graphql(port: int, query: str, variables: dict[str, Any] | None = None, host
     return payload["data"]
 
 
-class DagsterDev:
-    """``dagster dev`` (webserver and daemon) in its own process group, stopped with SIGTERM.
+class Served:
+    """A command that serves HTTP on ``host:port``, in its own process group, stopped with SIGTERM.
 
-    ``env`` is the whole environment of the server (``DAGSTER_HOME``, ``CALOTWIN_HOME``...). Use it as
-    a context manager; it waits until the webserver answers.
+    ``env`` is the command's whole environment. Use it as a context manager, or call :meth:`start`
+    and :meth:`stop`; it is up once ``ready_path`` answers.
     """
 
-    def __init__(self, env: dict[str, str], port: int, log_path: Path, host: str = "127.0.0.1") -> None:
-        self.env, self.port, self.host, self.log_path = env, port, host, log_path
+    def __init__(
+        self,
+        command: list[str],
+        env: dict[str, str],
+        port: int,
+        ready_path: str,
+        log_path: Path,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.command, self.env, self.port, self.ready_path = command, env, port, ready_path
+        self.host, self.log_path = host, log_path
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> DagsterDev:
-        self.log = open(self.log_path, "w")
-        dagster = Path(sys.executable).with_name("dagster")
+    def start(self, timeout_s: float = 180) -> Served:
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - a server's log, closed in stop()
         self.proc = subprocess.Popen(
-            [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", self.host, "-p", str(self.port)],
-            cwd=REPO,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.command, cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + timeout_s
         while True:
             try:
-                with urllib.request.urlopen(f"http://{self.host}:{self.port}/server_info", timeout=5):
-                    break
+                with urllib.request.urlopen(f"http://{self.host}:{self.port}{self.ready_path}", timeout=5):
+                    return self
             except OSError:
                 if self.proc.poll() is not None:
                     self.stop()
-                    raise RuntimeError(f"dagster dev exited: {self.log_path.read_text()[-3000:]}") from None
+                    raise RuntimeError(f"{self.command[:2]} exited: {self.log_path.read_text()[-3000:]}") from None
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise TimeoutError(f"dagster dev did not answer within 180 s; log {self.log_path}") from None
+                    message = f"{self.command[:2]} did not answer in {timeout_s:.0f} s; see {self.log_path}"
+                    raise TimeoutError(message) from None
                 time.sleep(1)
-        graphql(self.port, "mutation { setNuxSeen }", host=self.host)
-        return self
+
+    def get_json(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://{self.host}:{self.port}{path}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def __enter__(self) -> Served:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            self.log.close()
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                print(f"{self.command[:2]} still up 20 s after SIGTERM: killing it", file=sys.stderr)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
         self.log.close()
+
+
+class DagsterDev(Served):
+    """``dagster dev`` (webserver and daemon) on the workspace, with the first-visit popup marked seen."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path, host: str = "127.0.0.1") -> None:
+        dagster = str(Path(sys.executable).with_name("dagster"))
+        command = [dagster, "dev", "-w", str(REPO / "workspace.yaml"), "-h", host, "-p", str(port)]
+        super().__init__(command, env, port, "/server_info", log_path, host)
+
+    def start(self, timeout_s: float = 180) -> DagsterDev:
+        super().start(timeout_s)
+        graphql(self.port, "mutation { setNuxSeen }", host=self.host)
+        return self
 
 
 _REPOS = """{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name }

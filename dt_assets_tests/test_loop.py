@@ -23,6 +23,7 @@ from dt_assets.defs.loop import (
     landing_sensor,
     landing_tick,
     latest_trained,
+    loop_sensors,
     nightly_revalidation,
     promotion_request,
     retrain_tick,
@@ -33,8 +34,10 @@ from dt_assets.defs.model import gan_model
 from dt_assets.defs.preprocess import preprocessed_showers, training_set
 from dt_assets.defs.twin_settings import TwinSettings, load_settings
 from dt_assets.home import ensure_dagster_home
+from dt_assets.landing import Landing
 from dt_assets.model.registry import default_tracking_uri, ensure_experiment, log_generator, set_alias
 from dt_assets.showers.hdf5 import write_hdf5
+from dt_assets.twin import LOOP_SENSORS
 from resources import LocalStorage, ModelRegistry, tracking_resource
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -133,6 +136,50 @@ def test_landing_sensor_quarantines_a_bad_file_and_keeps_going(home, storage, in
     assert sorted(p.name for p in landing.iterdir()) == []
 
 
+def test_a_file_that_cannot_be_moved_is_retried_and_does_not_hold_up_the_others(
+    home, storage, instance, good_h5, monkeypatch
+):
+    landing = home / "landing"
+    landing.mkdir(parents=True)
+    for name in ("a-stuck.h5", "b-good.h5"):
+        shutil.copy(good_h5, landing / name)
+        (landing / f"{name}.done").touch()
+    process = Landing.process
+
+    def refuse_one(self, entry):
+        if entry.name == "a-stuck.h5":
+            raise PermissionError(13, "Permission denied", entry.url)
+        return process(self, entry)
+
+    monkeypatch.setattr(Landing, "process", refuse_one)
+    result = tick(instance, storage)
+    (request,) = result.run_requests
+    assert request.tags["calotwin/file"] == "b-good.h5"
+    assert "a-stuck.h5" in json.loads(result.cursor)["settling"] and (landing / "a-stuck.h5").exists()
+    monkeypatch.setattr(Landing, "process", process)
+    apply(instance, result)
+    again = tick(instance, storage, result.cursor)  # retried: the same bytes, so kept as a duplicate
+    assert not again.run_requests and not (landing / "a-stuck.h5").exists()
+
+
+def test_a_tick_whose_result_was_lost_is_made_good_by_the_next(home, storage, instance, good_h5):
+    landing = home / "landing"
+    landing.mkdir(parents=True)
+    shutil.copy(good_h5, landing / "run.h5")
+    (landing / "run.h5.done").touch()
+    key = f"file-{sha12(good_h5)}"
+    lost = tick(instance, storage)  # it moved the file, then the daemon lost the result (a timeout, a crash) ...
+    assert lost.run_requests and not (landing / "run.h5").exists()
+    (home / "data" / "runs" / f"{key}.json").unlink()  # ... even before the run spec was written
+    again = tick(instance, storage)
+    (request,) = again.run_requests
+    assert request.partition_key == key and again.dynamic_partitions_requests[0].partition_keys == [key]
+    spec = json.loads((home / "data" / "runs" / f"{key}.json").read_text())
+    assert spec["url"] == str(home / "data" / "landed" / key / "run.h5") and spec["sha256"].startswith(key[5:])
+    apply(instance, again)
+    assert not tick(instance, storage, again.cursor).run_requests
+
+
 def register_champion(seed: int) -> str:
     """An (untrained) small generator registered as a new version and made champion."""
     uri = default_tracking_uri()
@@ -209,16 +256,38 @@ def test_retraining_waits_for_ingestion_warm_starts_from_the_champion_and_takes_
     assert isinstance(promotion_request(instance, run, FAST), dg.SkipReason)
 
 
-def test_retraining_is_not_requested_while_a_training_or_ingestion_runs(home, storage, instance):
-    ingest(instance, storage, 33)
+def test_data_that_lands_during_a_training_goes_into_the_next_one_and_a_canceled_one_is_not_retried(
+    home, storage, instance
+):
+    first = ingest(instance, storage, 33)
+    second = None
     for job_name in ("train_gan", "ingest_runs"):
         run = instance.add_run(
             dg.DagsterRun(job_name=job_name, run_id=f"{job_name}-run", status=dg.DagsterRunStatus.STARTED)
         )
         skipped = retrain(instance, storage)
         assert isinstance(skipped, dg.SkipReason) and "in progress" in skipped.skip_message, job_name
+        if job_name == "train_gan":
+            second = ingest(instance, storage, 34)  # lands while the training runs
         instance.delete_run(run.run_id)
-    assert retrain(instance, storage).run_requests
+    (request,) = retrain(instance, storage).run_requests
+    assert request.tags["calotwin/new_runs"] == ",".join(sorted([first, second]))
+
+    # a retraining canceled (or failed) on this data and these settings is not requested again
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="train_gan",
+            run_id="canceled-run",
+            status=dg.DagsterRunStatus.CANCELED,
+            tags={"dagster/run_key": request.run_key},
+        )
+    )
+    skipped = retrain(instance, storage)
+    assert "ended CANCELED (run canceled" in skipped.skip_reason.skip_message
+
+
+def test_the_twin_client_names_every_loop_sensor():
+    assert set(LOOP_SENSORS) == {sensor.name for sensor in loop_sensors}
 
 
 def test_schedules_are_off_by_default_and_build_their_runs(home, instance):

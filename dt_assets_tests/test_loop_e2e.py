@@ -147,7 +147,7 @@ def test_a_landed_file_is_ingested_retrained_validated_and_promoted_unattended(t
         "the quarantine in the UI", lambda: latest_metadata(port, "quarantined_files"), 60, server.log_path
     )
     assert shown["file"] == "bad-nan.h5" and "inf" in shown["reason"] and shown["check"] == "bad_content"
-    time.sleep(8)  # several ticks of every sensor
+    time.sleep(5)  # several ticks of every sensor
     assert [(r["runId"], r["status"]) for r in loop_runs(port)] == before
     assert partitions(port) == [key] and champion(home) == "1"
     assert not list((home / "landing").iterdir())

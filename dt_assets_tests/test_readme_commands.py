@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 
 from conftest import REPO
 from dt_assets import read_showers
-from dt_assets.twin import LOOP_SENSORS, loop_states
+from dt_assets.twin import LOOP_SENSORS, Served, loop_states
 
 pytestmark = pytest.mark.slow
 
@@ -103,48 +101,15 @@ def graphql(port: int, query: str) -> dict:
     return payload["data"]
 
 
-class Served:
-    """A `make` target that serves HTTP, started in its own process group and stopped with SIGTERM."""
-
-    def __init__(self, target: list[str], home: Path, ready_path: str, port: int):
-        self.port, self.log_path = port, home / f"{target[0]}.log"
-        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            ["make", *target],
-            cwd=REPO,
-            env=make_env(home),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=5):
-                    return
-            except OSError:
-                assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, f"{target} did not come up"
-                time.sleep(1)
-
-    def get_json(self, path: str) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as response:
-            return json.loads(response.read())
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.log.close()
+def serve(target: list[str], home: Path, ready_path: str, port: int) -> Served:
+    """A `make` target that serves HTTP, as a user starts it."""
+    return Served(["make", *target], make_env(home), port, ready_path, home / f"{target[0]}.log").start()
 
 
 def test_make_mlflow_ui_shows_the_registered_model(demo_home):
     home, _ = demo_home
     port = free_port()
-    server = Served(["mlflow-ui", f"MLFLOW_PORT={port}"], home, "/health", port)
+    server = serve(["mlflow-ui", f"MLFLOW_PORT={port}"], home, "/health", port)
     try:
         model = server.get_json("/api/2.0/mlflow/registered-models/get?name=calotwin-3dgan")["registered_model"]
         assert {a["alias"]: a["version"] for a in model["aliases"]} == {"challenger": "1"}
@@ -168,7 +133,7 @@ def materializations_of(port: int, asset: str) -> list[dict]:
 def test_make_ui_serves_the_assets_with_metadata_and_checks(demo_home):
     home, _ = demo_home
     port = free_port()
-    server = Served(["ui", f"PORT={port}"], home, "/server_info", port)
+    server = serve(["ui", f"PORT={port}"], home, "/server_info", port)
     try:
         nodes = graphql(port, "{ assetNodes { assetKey { path } isPartitioned } }")["assetNodes"]
         assert {tuple(n["assetKey"]["path"]) for n in nodes} == {

@@ -267,10 +267,10 @@ class ChampionConfig(dg.Config):
     """Promotion of the validated challenger to champion."""
 
     registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
-    model_uri: str = Field(
+    validation: str = Field(
         default="",
-        description="The version the latest validation must have judged (models:/name/N), as the loop sets it; "
-        "empty: whichever version the latest validation judged.",
+        description="The validation to judge: the 'validation' path in a validation_report materialization's "
+        "metadata (the loop passes it); empty: the latest validation.",
     )
 
 

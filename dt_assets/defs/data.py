@@ -3,6 +3,7 @@
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -39,36 +40,27 @@ def simulation_runs(
         if not storage.exists(spec_url):
             storage.write_json(spec_url, spec.to_dict())
             new_specs.append(spec.key)
-        rows.append(
-            dg.TableRecord(
-                {
-                    "run": spec.key,
-                    "kind": spec.to_dict()["kind"],
-                    "new": spec.key in new_specs,
-                    "description": spec.describe(),
-                }
-            )
-        )
+        kind, new = spec.to_dict()["kind"], spec.key in new_specs
+        rows.append({"run": spec.key, "kind": kind, "new": new, "description": spec.describe()})
     to_add = sorted({spec.key for spec in specs} - known)
     if to_add:
         context.instance.add_dynamic_partitions(simulation_runs_partitions.name, to_add)
     context.log.info(f"{len(new_specs)} new run(s), {len(specs) - len(new_specs)} known; partitions added: {to_add}")
     return dg.MaterializeResult(
         metadata={
-            "runs": dg.MetadataValue.table(
-                rows,
-                schema=dg.TableSchema(
-                    columns=[
-                        dg.TableColumn("run", "string"),
-                        dg.TableColumn("kind", "string"),
-                        dg.TableColumn("new", "bool"),
-                        dg.TableColumn("description", "string"),
-                    ]
-                ),
-            ),
+            "runs": runs_table(rows),
             "new_runs": len(new_specs),
             "registered_partitions": len(known | set(to_add)),
         }
+    )
+
+
+def runs_table(rows: list[dict[str, Any]]) -> dg.MetadataValue:
+    """The ``runs`` metadata table of ``simulation_runs``: run key, kind, whether new, description."""
+    columns = [("run", "string"), ("kind", "string"), ("new", "bool"), ("description", "string")]
+    return dg.MetadataValue.table(
+        [dg.TableRecord(row) for row in rows],
+        schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns]),
     )
 
 

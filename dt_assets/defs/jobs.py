@@ -7,6 +7,12 @@ the code location again for every step (about 10 s each on 2 cores).
 
 import dagster as dg
 
+#: runs with the same value of this tag wait for each other in the run queue (limit 1 per value in the
+#: default dagster.yaml): one training and one validation at a time, whoever launched them
+QUEUE_TAG = "calotwin/queue"
+TRAINING_QUEUE = {QUEUE_TAG: "training"}
+VALIDATION_QUEUE = {QUEUE_TAG: "validation"}
+
 register_runs_job = dg.define_asset_job(
     "register_runs",
     executor_def=dg.in_process_executor,
@@ -24,12 +30,14 @@ train_job = dg.define_asset_job(
     "train_gan",
     executor_def=dg.in_process_executor,
     selection=dg.AssetSelection.assets("training_set", "gan_model"),
+    tags=TRAINING_QUEUE,
     description="Rebuild the training set from the preprocessed runs and train, log and register a 3DGAN.",
 )
 validate_job = dg.define_asset_job(
     "validate_and_promote",
     executor_def=dg.in_process_executor,
     selection=dg.AssetSelection.assets("mc_reference", "generated_showers", "validation_report", "champion_model"),
+    tags=VALIDATION_QUEUE,
     description="Validate the challenger against the MC reference (report, blocking checks) and promote it to "
     "champion if it passes and beats the current champion.",
 )
@@ -37,6 +45,7 @@ validate_model_job = dg.define_asset_job(
     "validate_model",
     executor_def=dg.in_process_executor,
     selection=dg.AssetSelection.assets("mc_reference", "generated_showers", "validation_report"),
+    tags=VALIDATION_QUEUE,
     description="Validate one registered version against the MC reference (report and blocking checks), without "
     "promoting it: the loop validates each retrained model with it, and the nightly schedule the champion.",
 )
@@ -44,5 +53,7 @@ promote_job = dg.define_asset_job(
     "promote_champion",
     executor_def=dg.in_process_executor,
     selection=dg.AssetSelection.assets("champion_model"),
-    description="Decide the promotion of the latest validated version (recorded even when its checks failed).",
+    tags=VALIDATION_QUEUE,
+    description="Decide the promotion of a validated version (the latest, or the validation champion_model's config "
+    "names), recorded with its reason even when its checks failed.",
 )

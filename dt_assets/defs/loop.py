@@ -5,13 +5,16 @@
    ``data/landed/<file-key>/`` and become a partition of ``raw_showers`` (key from the checksum, so
    the same bytes under any name are one partition) with an ``ingest_runs`` run; bad files move to
    ``quarantine/`` with a JSON sidecar and a ``quarantined_files`` materialization naming the reason.
+   An accepted file whose partition was never recorded (the tick failed or timed out after moving it)
+   is registered by the next tick.
 2. ``retrain_sensor`` starts ``train_gan`` when preprocessed runs of the loop's geometry exist that
    the latest model was not trained on, warm-started from the champion. It waits while ingestion or
    another training is in progress, so data landing during a retraining goes into the next one.
 3. ``validate_after_training`` validates each version a successful ``train_gan`` run registered
    (``validate_model``); ``promote_after_validation`` and ``promote_after_failed_validation``
-   then run ``champion_model`` for it, whether its blocking checks passed or not, so the decision and
-   its reason are always recorded.
+   then run ``champion_model`` on that validation (not on whichever is latest), whether its blocking
+   checks passed or not, so the decision and its reason are recorded for every version whose report
+   was written.
 4. ``nightly_revalidation`` and ``weekly_full_retraining`` are schedules, stopped until a user turns
    them on in the UI.
 
@@ -23,16 +26,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import dagster as dg
 
 from resources import ModelRegistry, StorageResource
 
-from ..landing import Accepted, Landing, Quarantined
+from ..landing import Landing, Quarantined
 from ..model.registry import alias_version, version_uri
+from ..runs import FileSpec, file_spec, spec_from_dict
 from ..showers.store import open_store, sha256_json
+from .data import runs_table, simulation_runs
 from .jobs import ingest_runs_job, promote_job, train_job, validate_model_job
 from .model import gan_model
 from .partitions import simulation_runs_partitions
@@ -43,7 +47,6 @@ from .validation import CHAMPION, validation_report
 LOOP_TAG = "calotwin/loop"
 MODEL_TAG = "calotwin/model_uri"
 IN_PROGRESS = [
-    dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
@@ -89,32 +92,44 @@ def _quarantine_event(item: Quarantined, total: int) -> dg.AssetMaterialization:
     )
 
 
-def _registered_event(accepted: list[Accepted], known: int) -> dg.AssetMaterialization:
+def _registered_event(specs: list[FileSpec], known: int) -> dg.AssetMaterialization:
     """The landed files, recorded on ``simulation_runs`` like runs registered from the launchpad."""
-    rows = [
-        dg.TableRecord({"run": a.key, "kind": "file", "new": True, "description": f"{a.spec.describe()}; {a.n_events}"})
-        for a in accepted
-    ]
+    rows = [{"run": spec.key, "kind": "file", "new": True, "description": spec.describe()} for spec in specs]
     return dg.AssetMaterialization(
-        asset_key=dg.AssetKey("simulation_runs"),
+        asset_key=simulation_runs.key,
         description="registered by landing_sensor",
         metadata={
-            "runs": dg.MetadataValue.table(
-                rows,
-                schema=dg.TableSchema(
-                    columns=[
-                        dg.TableColumn("run", "string"),
-                        dg.TableColumn("kind", "string"),
-                        dg.TableColumn("new", "bool"),
-                        dg.TableColumn("description", "string"),
-                    ]
-                ),
-            ),
-            "new_runs": len(accepted),
-            "registered_partitions": known + len(accepted),
+            "runs": runs_table(rows),
+            "new_runs": len(specs),
+            "registered_partitions": known + len(specs),
             "source": "landing_sensor",
         },
     )
+
+
+def _unrecorded(
+    context: dg.SensorEvaluationContext, landing: Landing, storage: StorageResource, known: set[str]
+) -> list[tuple[FileSpec, str]]:
+    """Accepted files whose partition was never recorded: a tick that moved them and then failed, or
+    outlived the daemon's timeout. They are registered now, so nothing accepted is lost."""
+    found = []
+    for key in sorted(landing.landed_keys() - known):
+        spec_url = storage.run_spec_url(key)
+        try:
+            if storage.exists(spec_url):
+                spec = spec_from_dict(storage.read_json(spec_url))
+            else:
+                url = landing.landed_file(key)
+                if url is None:
+                    continue
+                checks = landing.checks
+                spec = file_spec(url, checks.geometry, checks.particle, storage.options())
+        except (OSError, ValueError) as exc:
+            context.log.error(f"accepted run {key} cannot be registered: {exc}")
+            continue
+        if isinstance(spec, FileSpec) and spec.key == key:
+            found.append((spec, spec.url.rsplit("/", 1)[-1]))
+    return found
 
 
 def landing_tick(
@@ -125,36 +140,42 @@ def landing_tick(
     previous = json.loads(context.cursor)["settling"] if context.cursor else {}
     ready, settling = landing.scan(previous)
     known = set(context.instance.get_dynamic_partitions(simulation_runs_partitions.name))
+    registered = _unrecorded(context, landing, storage, known)
     deadline = time.monotonic() + settings.landing.budget_seconds
-    accepted: list[Accepted] = []
-    requests: list[dg.RunRequest] = []
-    events: list[dg.AssetMaterialization] = []
+    quarantined: list[Quarantined] = []
     for entry in ready:
         if time.monotonic() > deadline:  # checked next tick, at once: it was stable
             settling[entry.name] = [entry.size, entry.mtime]
             continue
-        outcome = landing.process(entry)
+        try:
+            outcome = landing.process(entry)
+        except FileNotFoundError:
+            context.log.info(f"{entry.name!r} left the landing area before it was checked")
+            continue
+        except OSError as exc:  # e.g. a permission problem moving it: the others go on, this one is retried
+            context.log.error(f"{entry.name!r} could not be checked or moved, retried next tick: {exc}")
+            settling[entry.name] = [entry.size, entry.mtime]
+            continue
         if isinstance(outcome, Quarantined):
             context.log.warning(f"quarantined {outcome.name!r} ({outcome.check}): {outcome.reason}")
-            events.append(_quarantine_event(outcome, len(landing.quarantined())))
-            continue
-        if outcome.key in known or any(a.key == outcome.key for a in accepted):
+            quarantined.append(outcome)
+        elif outcome.key in known or any(spec.key == outcome.key for spec, _ in registered):
             context.log.info(f"{outcome.name!r} holds the same bytes as run {outcome.key}: kept, not ingested twice")
-            continue
-        spec_url = storage.run_spec_url(outcome.key)
-        if not storage.exists(spec_url):
-            storage.write_json(spec_url, outcome.spec.to_dict())
-        accepted.append(outcome)
-        requests.append(
-            dg.RunRequest(
-                run_key=f"ingest-{outcome.key}",
-                partition_key=outcome.key,
-                tags={LOOP_TAG: "ingest", "calotwin/file": outcome.name[:200]},
-            )
-        )
-        context.log.info(f"{outcome.name!r} accepted as run {outcome.key} ({outcome.n_events} events)")
-    if accepted:
-        events.append(_registered_event(accepted, len(known)))
+        else:
+            context.log.info(f"{outcome.name!r} accepted as run {outcome.key} ({outcome.n_events} events)")
+            registered.append((outcome.spec, outcome.name))
+    requests = []
+    for spec, name in registered:
+        if not storage.exists(storage.run_spec_url(spec.key)):
+            storage.write_json(storage.run_spec_url(spec.key), spec.to_dict())
+        tags = {LOOP_TAG: "ingest", "calotwin/file": name[:200]}
+        requests.append(dg.RunRequest(run_key=f"ingest-{spec.key}", partition_key=spec.key, tags=tags))
+    events = []
+    if quarantined:
+        total = len(landing.quarantined())
+        events += [_quarantine_event(item, total) for item in quarantined]
+    if registered:
+        events.append(_registered_event([spec for spec, _ in registered], len(known)))
     cursor = json.dumps({"settling": settling}, sort_keys=True)
     if not requests:
         waiting = f"{len(settling)} file(s) still settling" if settling else "nothing new in the landing area"
@@ -162,7 +183,7 @@ def landing_tick(
         return dg.SensorResult(skip_reason=waiting, cursor=cursor, asset_events=events)
     return dg.SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[simulation_runs_partitions.build_add_request([a.key for a in accepted])],
+        dynamic_partitions_requests=[simulation_runs_partitions.build_add_request([s.key for s, _ in registered])],
         asset_events=events,
         cursor=cursor,
     )
@@ -184,12 +205,17 @@ def _busy(instance: dg.DagsterInstance, job_name: str) -> list[dg.DagsterRun]:
     return list(instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_PROGRESS), limit=10))
 
 
-def _geometry_of(storage: StorageResource, key: str, cache: dict[str, str]) -> str | None:
+def _geometry_of(
+    context: dg.SensorEvaluationContext, storage: StorageResource, key: str, cache: dict[str, str]
+) -> str | None:
+    """The geometry of a preprocessed run (cached in the cursor); None when its store is missing or unreadable."""
     if key not in cache:
         url = storage.preprocessed_url(key)
-        if not storage.exists(url):
+        try:
+            cache[key] = str(open_store(url, storage.options()).attrs["geometry"])
+        except (OSError, KeyError, ValueError) as exc:
+            context.log.warning(f"preprocessed run {key} is left out: {url} is missing or unreadable ({exc})")
             return None
-        cache[key] = str(open_store(url, storage.options()).attrs["geometry"])
     return cache[key]
 
 
@@ -213,24 +239,31 @@ def retrain_tick(
             return dg.SkipReason(f"{what} is in progress (run {busy[0].run_id[:8]}); new data waits for it")
     cache: dict[str, str] = json.loads(context.cursor)["geometry"] if context.cursor else {}
     done = instance.get_materialized_partitions(preprocessed_showers.key)
-    runs = sorted(key for key in done if _geometry_of(storage, key, cache) == settings.geometry)
+    runs = sorted(key for key in done if _geometry_of(context, storage, key, cache) == settings.geometry)
     cursor = json.dumps({"geometry": cache}, sort_keys=True)
     new = sorted(set(runs) - latest_trained(instance, settings.geometry))
     if not new:
         return dg.SensorResult(skip_reason=f"no new {settings.geometry} data since the latest model", cursor=cursor)
-    run_key = f"retrain-{settings.geometry}-{sha256_json(runs, 16)}"
-    failed = instance.get_runs(
-        filters=dg.RunsFilter(tags={"dagster/run_key": run_key}, statuses=[dg.DagsterRunStatus.FAILURE]), limit=1
-    )
-    if failed:
-        return dg.SensorResult(
-            skip_reason=f"the retraining on these runs failed (run {failed[0].run_id[:8]}): re-execute it after "
-            "fixing the cause, or land more data",
-            cursor=cursor,
-        )
     registry.activate()
     champion = alias_version(CHAMPION, settings.model_name)
     warm_start = version_uri(champion) if champion is not None else ""
+    run_config = settings.training_run_config(warm_start)
+    # the same data, settings and starting point are requested once: a failed or canceled retraining is not
+    # retried in a loop (Dagster would drop the request silently; this says why)
+    run_key = f"retrain-{settings.geometry}-{sha256_json({'runs': runs, 'run_config': run_config}, 16)}"
+    ended = instance.get_runs(
+        filters=dg.RunsFilter(
+            tags={"dagster/run_key": run_key},
+            statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED],
+        ),
+        limit=1,
+    )
+    if ended:
+        return dg.SensorResult(
+            skip_reason=f"the retraining on these runs ended {ended[0].status.value} (run {ended[0].run_id[:8]}): "
+            "re-execute it once the cause is fixed, change the retrain settings, or land more data",
+            cursor=cursor,
+        )
     context.log.info(
         f"retraining on {len(runs)} run(s), {len(new)} new ({', '.join(new)}); "
         f"warm start: {warm_start or 'none (no champion yet)'}"
@@ -239,7 +272,7 @@ def retrain_tick(
         run_requests=[
             dg.RunRequest(
                 run_key=run_key,
-                run_config=settings.training_run_config(warm_start),
+                run_config=run_config,
                 tags={LOOP_TAG: "retrain", "calotwin/new_runs": ",".join(new)[:200], "calotwin/warm_start": warm_start},
             )
         ],
@@ -311,33 +344,38 @@ def promotion_request(
     uri = str(report["model_uri"])
     return dg.RunRequest(
         run_key=f"promote-{run.run_id}",
-        run_config=settings.promotion_run_config(uri),
+        run_config=settings.promotion_run_config(str(report["validation"])),
         tags={LOOP_TAG: "promote", MODEL_TAG: uri, "calotwin/validated_by": run.run_id},
     )
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[validate_model_job],
-    request_job=promote_job,
-    default_status=_sensor_status(),
-    minimum_interval_seconds=5,
-    description="Decides the promotion of a version the loop validated and that passed its blocking checks.",
-)
-def promote_after_validation(context: dg.RunStatusSensorContext):
-    return promotion_request(context.instance, context.dagster_run, SETTINGS)
+def _promotion_sensor(status: dg.DagsterRunStatus, name: str, description: str) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        name=name,
+        run_status=status,
+        monitored_jobs=[validate_model_job],
+        request_job=promote_job,
+        default_status=_sensor_status(),
+        minimum_interval_seconds=5,
+        description=description,
+    )
+    def sensor(context: dg.RunStatusSensorContext):
+        return promotion_request(context.instance, context.dagster_run, SETTINGS)
+
+    return sensor
 
 
-@dg.run_failure_sensor(
-    monitored_jobs=[validate_model_job],
-    request_job=promote_job,
-    default_status=_sensor_status(),
-    minimum_interval_seconds=5,
-    description="Records the promotion decision (not promoted, with the reason) for a version the loop validated "
-    "whose blocking checks failed.",
+promote_after_validation = _promotion_sensor(
+    dg.DagsterRunStatus.SUCCESS,
+    "promote_after_validation",
+    "Decides the promotion of a version the loop validated and that passed its blocking checks.",
 )
-def promote_after_failed_validation(context: dg.RunFailureSensorContext):
-    return promotion_request(context.instance, context.dagster_run, SETTINGS)
+promote_after_failed_validation = _promotion_sensor(
+    dg.DagsterRunStatus.FAILURE,
+    "promote_after_failed_validation",
+    "Records the promotion decision (not promoted, with the reason) for a version the loop validated whose "
+    "blocking checks failed.",
+)
 
 
 @dg.schedule(
@@ -381,4 +419,3 @@ loop_sensors: list[Any] = [
     promote_after_failed_validation,
 ]
 loop_schedules = [nightly_revalidation, weekly_full_retraining]
-LOOP_SENSOR_NAMES: Iterable[str] = tuple(s.name for s in loop_sensors)

@@ -180,8 +180,9 @@ class TwinSettings(_Section):
             }
         }
 
-    def promotion_run_config(self, model_uri: str) -> dict[str, Any]:
-        config = ChampionConfig(registered_model_name=self.model_name, model_uri=model_uri)
+    def promotion_run_config(self, validation: str) -> dict[str, Any]:
+        """Run config of ``promote_champion`` judging one validation (its ``validation`` pointer)."""
+        config = ChampionConfig(registered_model_name=self.model_name, validation=validation)
         return {"ops": {"champion_model": {"config": config.model_dump()}}}
 
 

@@ -210,20 +210,23 @@ def validation_report(
             "validation_report": html_url,
         },
     )
-    storage.write_json(
-        storage.validation_url("validation_report.json"),
-        {
-            "result": json_url,
-            "html": html_url,
-            "model_uri": generated["model_uri"],
-            "name": generated["name"],
-            "version": generated["version"],
-            "run_id": generated["run_id"],
-            "reference_key": reference["key"],
-            "seed": generated["seed"],
-            "passed": result.passed,
-        },
-    )
+    validation = {
+        "result": json_url,
+        "html": html_url,
+        "model_uri": generated["model_uri"],
+        "name": generated["name"],
+        "version": generated["version"],
+        "run_id": generated["run_id"],
+        "reference_key": reference["key"],
+        "reference_url": reference["url"],
+        "particle": reference["particle"],
+        "seed": generated["seed"],
+        "passed": result.passed,
+    }
+    # the latest validation, and this one for good (what champion_model judges when it is named)
+    validation_url = storage.report_url(folder, "validation.json")
+    storage.write_json(validation_url, validation)
+    storage.write_json(storage.validation_url("validation_report.json"), validation)
     context.log.info(f"{result.summary()} ({seconds:.0f} s); report {html_url}")
     failing = result.failing_checks()
     return dg.MaterializeResult(
@@ -235,6 +238,7 @@ def validation_report(
             "model_uri": generated["model_uri"],
             "report": dg.MetadataValue.path(html_url),
             "result_json": dg.MetadataValue.path(json_url),
+            "validation": dg.MetadataValue.path(validation_url),
             "summary": dg.MetadataValue.md(markdown_summary(result)),
             "summary_table": _table(summary_rows(result)),
             "failing_checks": dg.MetadataValue.json(dict(list(failing.items())[:20])),
@@ -305,18 +309,20 @@ def _champion_result(
     candidate: ValidationResult,
 ) -> ValidationResult:
     """The champion judged against the same reference with the same settings (validated now if never)."""
-    reference = _pointer(storage, "mc_reference")
     cfg = ValidationConfig.from_dict(candidate.config)
-    folder = _report_folder(champion.name, champion.version, reference["key"], cfg)
+    if "reference_url" not in pointer:  # written before validations recorded their reference
+        reference = _pointer(storage, "mc_reference")
+        pointer = {**pointer, "reference_url": reference["url"], "particle": reference["particle"]}
+    folder = _report_folder(champion.name, champion.version, pointer["reference_key"], cfg)
     json_url = storage.report_url(folder, "result.json")
     if storage.exists(json_url):
         return read_result(storage, json_url)
     context.log.info(f"validating the champion (version {champion.version}) on the same reference and settings")
     generator = load_generator(version_uri(champion))
     showers = generate_grid(
-        generator, cfg.conditions_grid(), cfg.events_per_cell, reference["particle"], int(pointer["seed"])
+        generator, cfg.conditions_grid(), cfg.events_per_cell, pointer["particle"], int(pointer["seed"])
     )
-    result = validate(read_showers(reference["url"], storage.options(), validate=False), showers, cfg)
+    result = validate(read_showers(pointer["reference_url"], storage.options(), validate=False), showers, cfg)
     _publish(storage, result, folder, champion.run_id)
     return result
 
@@ -332,14 +338,15 @@ def champion_model(
     context: dg.AssetExecutionContext, config: ChampionConfig, storage: StorageResource, registry: ModelRegistry
 ):
     registry.activate()
-    pointer, candidate = _latest_result(storage)
+    if config.validation:
+        if not storage.exists(config.validation):
+            raise dg.Failure(f"validation: no validation at {config.validation}")
+        pointer = storage.read_json(config.validation)
+        candidate = read_result(storage, pointer["result"])
+    else:
+        pointer, candidate = _latest_result(storage)
     if pointer["name"] != config.registered_model_name:
-        raise dg.Failure(f"the latest validation judged {pointer['name']}, not {config.registered_model_name}")
-    if config.model_uri and pointer["model_uri"] != config.model_uri:
-        raise dg.Failure(
-            f"the latest validation judged {pointer['model_uri']}, not {config.model_uri}: "
-            f"materialize validate_model for {config.model_uri} again, then champion_model"
-        )
+        raise dg.Failure(f"the validation judged {pointer['name']}, not {config.registered_model_name}")
     candidate_version = resolve_version(pointer["model_uri"])
     champion = alias_version(CHAMPION, config.registered_model_name)
     if champion is not None and champion.version == candidate_version.version:
