@@ -59,3 +59,4 @@ bench: install ## Run the benchmarks in bench/ (prints tables and JSON lines)
 	$(PY) bench/train.py
 	$(PY) bench/generate.py
 	$(PY) bench/validation.py
+	$(PY) bench/loop.py
