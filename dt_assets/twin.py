@@ -14,6 +14,7 @@ The client functions here (:class:`Served`, :class:`DagsterDev`, :func:`graphql`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -102,20 +103,35 @@ class Served:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    #: SIGTERM the whole process group (``make`` does not pass the signal on to what it started)
+    term_group = True
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            if self.term_group:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            else:
+                self.proc.terminate()
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 print(f"{self.command[:2]} still up 20 s after SIGTERM: killing it", file=sys.stderr)
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.kill()
                 self.proc.wait()
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):  # whatever it left behind in its group
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
 
 
 class DagsterDev(Served):
-    """``dagster dev`` (webserver and daemon) on the workspace, with the first-visit popup marked seen."""
+    """``dagster dev`` (webserver and daemon) on the workspace, with the first-visit popup marked seen.
+
+    It is stopped by a SIGTERM to ``dagster dev`` alone, which then shuts its webserver, daemon and
+    code server down in order.
+    """
+
+    term_group = False
 
     def __init__(self, env: dict[str, str], port: int, log_path: Path, host: str = "127.0.0.1") -> None:
         dagster = str(Path(sys.executable).with_name("dagster"))
