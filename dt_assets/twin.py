@@ -76,7 +76,13 @@ class Served:
     def start(self, timeout_s: float = 180) -> Served:
         self.log = open(self.log_path, "w")  # noqa: SIM115 - a server's log, closed in stop()
         self.proc = subprocess.Popen(
-            self.command, cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            self.command,
+            cwd=REPO,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while True:
