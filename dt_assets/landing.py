@@ -23,7 +23,6 @@ Units: primary energy in GeV, angles in degrees in the checks and messages
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import math
 import os
@@ -46,7 +45,7 @@ from .runs import FileSpec, zarr_checksum
 from .showers.errors import ShowerDataError
 from .showers.hdf5 import hdf5_blocks
 from .showers.schema import DEPOSIT, validate_showers
-from .showers.store import atomic_file, iter_blocks, read_showers, url_to_fs
+from .showers.store import atomic_file, iter_blocks, read_showers, sha256_stream, url_to_fs
 
 #: Names of files still being written by common tools (ignored by :meth:`Landing.scan`).
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".filepart")
@@ -663,13 +662,10 @@ def _local_links(path: str) -> Iterator[str]:
                 yield os.path.join(folder, name)
 
 
-def _sha256(fs: fsspec.AbstractFileSystem, path: str, chunk_bytes: int = 1 << 22) -> str:
+def _sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """SHA-256 of a file's bytes by path (no URL parsing, so any listed name works)."""
-    digest = hashlib.sha256()
     with open(path, "rb") if isinstance(fs, LocalFileSystem) else fs.open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_stream(handle)
 
 
 def _makedirs(area: _Area, path: str) -> None:

@@ -222,10 +222,15 @@ def store_size_bytes(url: str, storage_options: Mapping[str, Any] | None = None)
 def sha256_file(url: str, storage_options: Mapping[str, Any] | None = None, chunk_bytes: int = 1 << 22) -> str:
     """SHA-256 of a file's bytes, read in chunks."""
     fs, path = url_to_fs(url, storage_options)
-    digest = hashlib.sha256()
     with fs.open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
+        return sha256_stream(handle, chunk_bytes)
+
+
+def sha256_stream(handle: Any, chunk_bytes: int = 1 << 22) -> str:
+    """SHA-256 of what an open binary file yields from its position to the end, read in chunks."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(chunk_bytes):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
