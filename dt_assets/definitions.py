@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from resources import ModelRegistry, storage_from_env, tracking_resource
+from resources import ModelRegistry, compute_from_env, storage_from_env, tracking_resource
 
 from .defs.data import raw_showers, simulation_runs
 from .defs.jobs import (
@@ -43,5 +43,10 @@ defs = dg.Definitions(
     jobs=[register_runs_job, ingest_runs_job, train_job, validate_job, validate_model_job, promote_job],
     sensors=loop_sensors,
     schedules=loop_schedules,
-    resources={"storage": storage_from_env(), "mlflow": tracking_resource(), "registry": ModelRegistry()},
+    resources={
+        "storage": storage_from_env(),
+        "compute": compute_from_env(),
+        "mlflow": tracking_resource(),
+        "registry": ModelRegistry(),
+    },
 )

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     import dagster as dg
     from tqdm import tqdm
 
-    from resources import ModelRegistry, storage_from_env, tracking_resource
+    from resources import ModelRegistry, compute_from_env, storage_from_env, tracking_resource
 
     from .defs.data import raw_showers, simulation_runs
     from .defs.model import gan_model
@@ -102,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     instance = dg.DagsterInstance.get()
     storage = storage_from_env()
-    resources = {"storage": storage, "mlflow": tracking_resource(), "registry": ModelRegistry()}
+    resources = {
+        "storage": storage,
+        "compute": compute_from_env(),
+        "mlflow": tracking_resource(),
+        "registry": ModelRegistry(),
+    }
     print(f"CaloTwin demo: data home {calotwin_home()}, Dagster home {os.environ['DAGSTER_HOME']}")
     example = _example_file(home)
     config = {"simulations": DEMO_RUNS, "import_files": [{"path": example}]}

@@ -9,8 +9,9 @@ import sys
 from conftest import REPO
 
 PACKAGE = REPO / "dt_assets"
-#: The Dagster layer: the only modules allowed to import dagster.
-DAGSTER_LAYER = {"definitions.py", "demo.py"}
+#: The Dagster layer: the only modules allowed to import dagster. pipes_training is the external
+#: training process: it may import dagster_pipes (and nothing else of Dagster; checked below).
+DAGSTER_LAYER = {"definitions.py", "demo.py", "pipes_training.py"}
 DAGSTER_PACKAGES = {"defs"}
 
 
@@ -51,6 +52,14 @@ def test_importing_the_public_api_and_every_domain_module_loads_no_dagster():
     ]
     code = "import sys, importlib, dt_assets\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
     code += "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_mlflow', 'resources')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_external_training_process_imports_only_dagster_pipes():
+    dagster_imports = {m for m in imported_modules(PACKAGE / "pipes_training.py") if m.startswith("dagster")}
+    assert dagster_imports == {"dagster_pipes"}
+    code = "import sys, dt_assets.pipes_training\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
 

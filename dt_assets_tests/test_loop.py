@@ -38,7 +38,7 @@ from dt_assets.landing import Landing
 from dt_assets.model.registry import default_tracking_uri, ensure_experiment, log_generator, set_alias
 from dt_assets.showers.hdf5 import write_hdf5
 from dt_assets.twin import LOOP_SENSORS
-from resources import LocalStorage, ModelRegistry, tracking_resource
+from resources import LocalCompute, LocalStorage, ModelRegistry, tracking_resource
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 MODEL = "calotwin-3dgan"
@@ -237,7 +237,7 @@ def test_retraining_waits_for_ingestion_warm_starts_from_the_champion_and_takes_
     trained = dg.materialize(
         [training_set, gan_model],
         instance=instance,
-        resources={"storage": storage, "mlflow": tracking_resource()},
+        resources={"storage": storage, "compute": LocalCompute(), "mlflow": tracking_resource()},
         run_config={**request.run_config, **QUIET},
         tags=request.tags,
     )

@@ -15,7 +15,7 @@ from dt_assets.defs.data import raw_showers, simulation_runs
 from dt_assets.defs.model import gan_model
 from dt_assets.defs.preprocess import preprocessed_showers, training_set
 from dt_assets.model.registry import default_tracking_uri, ensure_experiment, log_generator, set_alias
-from resources import LocalStorage, tracking_resource
+from resources import LocalCompute, LocalStorage, tracking_resource
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -57,7 +57,7 @@ def test_registry_uri_without_a_generator_file_is_named(home):
 
 
 def test_gan_model_asset_trains_logs_registers_and_resumes(home, instance):
-    resources = {"storage": LocalStorage(), "mlflow": tracking_resource()}
+    resources = {"storage": LocalStorage(), "compute": LocalCompute(), "mlflow": tracking_resource()}
     sims = [{"n_events": 600, "energy_min_gev": 10.0, "energy_max_gev": 100.0, "geometry": SMALL, "seed": 4}]
     dg.materialize(
         [simulation_runs],
@@ -104,7 +104,7 @@ def test_gan_model_asset_trains_logs_registers_and_resumes(home, instance):
 
 
 def test_gan_model_without_runs_of_its_geometry_fails_clearly(home, instance):
-    resources = {"storage": LocalStorage(), "mlflow": tracking_resource()}
+    resources = {"storage": LocalStorage(), "compute": LocalCompute(), "mlflow": tracking_resource()}
     dg.materialize([training_set], instance=instance, resources=resources, run_config=QUIET)
     result = dg.materialize([gan_model], instance=instance, resources=resources, run_config=QUIET, raise_on_error=False)
     message = result.get_step_failure_events()[0].event_specific_data.error.message

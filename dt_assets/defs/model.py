@@ -7,11 +7,11 @@ import dagster as dg
 import mlflow
 
 from ..model.gan3d import parameter_count
+from ..model.job import TrainingJob
 from ..model.manifest import runs_for, training_key
 from ..model.registry import log_generator, set_alias
 from ..model.stream import TrainingData
-from ..model.train import EpochReport, train
-from ..physics.geometry import get_geometry
+from ..model.train import EpochReport
 from ..plots import loss_curves_png
 from .configs import GanModelConfig
 from .metadata import image
@@ -22,35 +22,21 @@ CHALLENGER = "challenger"
 TRAINING_POOL = "training"
 
 
-def epoch_logger(context: dg.AssetExecutionContext):
-    """An epoch callback: progress in the Dagster log, metrics in the active MLflow run."""
-
-    def log(report: EpochReport) -> None:
-        m = report.metrics
-        losses = ", ".join(f"{k} {m[k]:.3g}" for k in ("d_real", "d_fake", "g", "val_g") if k in m)
-        esum = ""
-        if "val_esum_over_ep_gan" in m:
-            esum = f", E_sum/E_p GAN {m['val_esum_over_ep_gan']:.4f} vs MC {m['val_esum_over_ep_mc']:.4f}"
-        context.log.info(
-            f"epoch {report.epoch + 1}/{report.epochs}: {losses}{esum}; {report.samples_per_second:.1f} samples/s, "
-            f"{report.seconds:.0f} s, ETA {report.eta_seconds:.0f} s"
-        )
-        mlflow.log_metrics(
-            {**{k: float(v) for k, v in m.items() if k != "epoch"}, "samples_per_second": report.samples_per_second},
-            step=report.epoch,
-        )
-
-    return log
+def epoch_metrics(report: EpochReport) -> None:
+    """Per-epoch metrics into the active MLflow run (the compute logs the progress line)."""
+    metrics = {k: float(v) for k, v in report.metrics.items() if k != "epoch"}
+    mlflow.log_metrics({**metrics, "samples_per_second": report.samples_per_second}, step=report.epoch)
 
 
 @dg.asset(
     deps=[training_set],
-    required_resource_keys={"mlflow", "storage"},
+    required_resource_keys={"mlflow", "storage", "compute"},
     group_name="model",
     kinds={"pytorch", "mlflow"},
     pool=TRAINING_POOL,
     description="The 3DGAN trained on the training set's runs of one geometry, checkpointed every epoch "
-    "(a restarted training resumes), logged to MLflow and registered as a new version (alias 'challenger').",
+    "(a restarted training resumes), logged to MLflow and registered as a new version (alias 'challenger'). "
+    "It trains where the 'compute' resource says: in-process, torchrun DDP, a Slurm job or a Kubernetes pod.",
 )
 def gan_model(context: dg.AssetExecutionContext, config: GanModelConfig) -> dg.MaterializeResult:
     # the mlflow resource started a run; it ends here whatever happens (a failed check included)
@@ -74,22 +60,22 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
     key = training_key({**train_config.to_dict(), "warm_start": config.warm_start}, runs, config.geometry)
     checkpoint_dir = storage.checkpoint_dir(key)
     partitions = ",".join(sorted(r["run"] for r in runs))
-    data = TrainingData([r["url"] for r in runs], storage.options())
-    context.log.info(
-        f"training on {data.n_events()} events of {len(runs)} run(s) ({partitions}); checkpoints in {checkpoint_dir}"
-    )
-    mlflow.log_params(
-        {**config.model_dump(), "training_key": key, "train_events": data.n_events(), "partitions": partitions}
-    )
-    result = train(
-        data,
-        train_config,
-        checkpoint_dir,
-        get_geometry(config.geometry),
+    job = TrainingJob(
+        data=[r["url"] for r in runs],
+        checkpoint_dir=checkpoint_dir,
+        geometry=config.geometry,
+        config=train_config.to_dict(),
         storage_options=storage.options(),
         warm_start=config.warm_start or None,
-        callbacks=[epoch_logger(context)],
     )
+    n_events = TrainingData(job.data, job.storage_options).n_events()
+    context.log.info(
+        f"training on {n_events} events of {len(runs)} run(s) ({partitions}); checkpoints in {checkpoint_dir}"
+    )
+    mlflow.log_params({**config.model_dump(), "training_key": key, "train_events": n_events, "partitions": partitions})
+    trained = context.resources.compute.run_training(context, job, epoch_metrics)
+    result = trained.result
+    mlflow.log_params({"compute": trained.compute, "world_size": trained.world_size})
     if result.resumed_from_epoch:
         context.log.info(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}")
     png = loss_curves_png(result.history, title=f"3DGAN on {config.geometry}")
@@ -125,6 +111,8 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
             "discriminator_parameters": parameter_count(result.discriminator),
             "epochs_trained": len(result.history) - result.resumed_from_epoch,
             "device": result.device,
+            "compute": trained.compute,
+            "world_size": trained.world_size,
             **{
                 k: round(float(final[k]), 5)
                 for k in ("g", "val_g", "val_esum_over_ep_gan", "val_esum_over_ep_mc")

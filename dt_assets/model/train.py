@@ -37,7 +37,15 @@ from .generation import CaloGenerator, generator_from_payload, generator_payload
 from .step import GANStep, TrainConfig, TrainingCollapsedError
 from .stream import TrainingData
 
-__all__ = ["EpochReport", "TrainConfig", "TrainResult", "TrainingCollapsedError", "train", "validate"]
+__all__ = [
+    "EpochReport",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingCollapsedError",
+    "read_checkpoint",
+    "train",
+    "validate",
+]
 
 CHECKPOINT_FILE = "last.pt"
 
@@ -127,7 +135,7 @@ def train(
     checkpoint_url = checkpoint_dir.rstrip("/") + "/" + CHECKPOINT_FILE
     history: list[dict[str, float]] = []
     start_epoch = 0
-    checkpoint = _read_checkpoint(checkpoint_url, storage_options)
+    checkpoint = read_checkpoint(checkpoint_url, storage_options)
     if checkpoint is not None:
         if json.loads(checkpoint["spec"]) != json.loads(json.dumps(generator.spec())):
             raise ValueError(f"{checkpoint_url}: checkpoint is for another geometry, architecture or transform")
@@ -270,7 +278,7 @@ def validate(
     return {k: v / n for k, v in sums.items()} if n else {}
 
 
-def _read_checkpoint(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def read_checkpoint(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
     fs, path = url_to_fs(url, storage_options)
     if not fs.exists(path):
         return None
@@ -298,7 +306,7 @@ def _warm_start(
     generator: CaloGenerator, discriminator: Discriminator, source: str, storage_options: Mapping[str, Any] | None
 ) -> None:
     """Start from another model's weights (a registry URI, a generator file or a checkpoint)."""
-    payload = None if source.startswith("models:/") else _read_checkpoint(source, storage_options)
+    payload = None if source.startswith("models:/") else read_checkpoint(source, storage_options)
     if payload is None and not source.startswith("models:/"):
         raise FileNotFoundError(f"{source}: no such generator or checkpoint")
     start = load_generator(source) if payload is None else generator_from_payload(payload, source)

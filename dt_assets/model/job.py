@@ -1,0 +1,149 @@
+"""A training job as plain data: what any process (in-process, torchrun rank, Slurm task, pod) needs to train.
+
+:class:`TrainingJob` travels as JSON (``to_json``/``from_json``). :func:`run_job` trains it with
+:func:`dt_assets.model.train.train`; :func:`read_result` rebuilds the :class:`TrainResult` from the
+final checkpoint, which is how the orchestrator gets the model of a training that ran elsewhere.
+:func:`epoch_line` is the one-line progress message every compute prints per epoch, and
+:func:`report_from_dict` rebuilds an :class:`EpochReport` sent as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..physics.geometry import get_geometry
+from .gan3d import Discriminator
+from .generation import generator_from_payload
+from .step import TrainConfig
+from .stream import TrainingData
+from .train import CHECKPOINT_FILE, EpochReport, TrainResult, read_checkpoint, train
+
+__all__ = ["JOB_ENV", "TrainingJob", "epoch_line", "read_result", "report_from_dict", "run_job"]
+
+#: environment variable that carries a job to an external process: the JSON itself or a path to it
+JOB_ENV = "CALOTWIN_TRAINING_JOB"
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """One training: the preprocessed stores, the checkpoint folder, the geometry and the settings."""
+
+    data: list[str]
+    checkpoint_dir: str
+    geometry: str
+    config: dict[str, Any]
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    warm_start: str | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("a training job needs at least one preprocessed store")
+        get_geometry(self.geometry)  # raises on an unknown preset
+        self.train_config()  # raises on a bad setting, naming it
+
+    def train_config(self) -> TrainConfig:
+        config = dict(self.config)
+        if "loss_weights" in config:
+            config["loss_weights"] = tuple(config["loss_weights"])
+        return TrainConfig(**config)
+
+    @property
+    def checkpoint_url(self) -> str:
+        return self.checkpoint_dir.rstrip("/") + "/" + CHECKPOINT_FILE
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainingJob:
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"training job: not JSON ({exc})") from None
+        if not isinstance(payload, dict):
+            raise ValueError(f"training job: expected a JSON object, got {type(payload).__name__}")
+        missing = sorted({"data", "checkpoint_dir", "geometry", "config"} - payload.keys())
+        if missing:
+            raise ValueError(f"training job: missing key(s) {missing}")
+        unknown = sorted(payload.keys() - {f for f in cls.__dataclass_fields__})
+        if unknown:
+            raise ValueError(f"training job: unknown key(s) {unknown}")
+        return cls(**payload)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TrainingJob:
+        """The job in ``$CALOTWIN_TRAINING_JOB``: inline JSON, or the path of a JSON file."""
+        value = (environ if environ is not None else os.environ).get(JOB_ENV, "").strip()
+        if not value:
+            raise ValueError(f"${JOB_ENV} is not set: it must hold a training job (JSON, or a path to one)")
+        if value.startswith("{"):
+            return cls.from_json(value)
+        with open(value, encoding="utf-8") as handle:
+            return cls.from_json(handle.read())
+
+
+def run_job(job: TrainingJob, callbacks: Sequence[Callable[[EpochReport], None]] = ()) -> TrainResult:
+    """Train (or resume) the job in this process; under torchrun every rank calls this."""
+    return train(
+        TrainingData(job.data, job.storage_options),
+        job.train_config(),
+        job.checkpoint_dir,
+        get_geometry(job.geometry),
+        storage_options=job.storage_options,
+        warm_start=job.warm_start,
+        callbacks=callbacks,
+        device=job.device,
+    )
+
+
+def read_result(job: TrainingJob, device: str, resumed_from_epoch: int) -> TrainResult:
+    """The result of a finished job, from its final checkpoint (generator, discriminator, history)."""
+    payload = read_checkpoint(job.checkpoint_url, job.storage_options)
+    if payload is None:
+        raise FileNotFoundError(f"{job.checkpoint_url}: the training finished but left no checkpoint")
+    generator = generator_from_payload(payload, job.checkpoint_url)
+    discriminator = Discriminator(generator.arch, get_geometry(job.geometry), generator.transform.power)
+    discriminator.load_state_dict(payload["discriminator"])
+    history = json.loads(payload["history"])
+    if len(history) != job.train_config().epochs:
+        raise ValueError(
+            f"{job.checkpoint_url}: holds {len(history)} epoch(s), the job asked for {job.train_config().epochs}"
+        )
+    return TrainResult(
+        generator=generator.eval(),
+        discriminator=discriminator.eval(),
+        history=history,
+        checkpoint_url=job.checkpoint_url,
+        resumed_from_epoch=resumed_from_epoch,
+        device=device,
+    )
+
+
+def epoch_line(report: EpochReport) -> str:
+    """The progress line of one epoch (the same whichever compute ran it)."""
+    m = report.metrics
+    losses = ", ".join(f"{k} {m[k]:.3g}" for k in ("d_real", "d_fake", "g", "val_g") if k in m)
+    esum = ""
+    if "val_esum_over_ep_gan" in m:
+        esum = f", E_sum/E_p GAN {m['val_esum_over_ep_gan']:.4f} vs MC {m['val_esum_over_ep_mc']:.4f}"
+    return (
+        f"epoch {report.epoch + 1}/{report.epochs}: {losses}{esum}; {report.samples_per_second:.1f} samples/s, "
+        f"{report.seconds:.0f} s, ETA {report.eta_seconds:.0f} s"
+    )
+
+
+def report_from_dict(payload: Mapping[str, Any]) -> EpochReport:
+    """An :class:`EpochReport` sent as JSON (``dataclasses.asdict``) by an external process."""
+    return EpochReport(
+        epoch=int(payload["epoch"]),
+        epochs=int(payload["epochs"]),
+        seconds=float(payload["seconds"]),
+        samples_per_second=float(payload["samples_per_second"]),
+        eta_seconds=float(payload["eta_seconds"]),
+        metrics={k: float(v) for k, v in payload.get("metrics", {}).items()},
+    )

@@ -1,0 +1,316 @@
+"""The compute resource: gan_model trains in-process, under 2-process torchrun DDP and as a job on a real
+Slurm, chosen by configuration alone, with the same metadata; external failures name their reason."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+import dagster as dg
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+from slurm_cluster import slurm  # noqa: F401  (the fixture)
+
+from conftest import SMALL
+from dt_assets import generate, load_generator
+from dt_assets.defs.data import raw_showers, simulation_runs
+from dt_assets.defs.model import gan_model
+from dt_assets.defs.preprocess import preprocessed_showers, training_set
+from dt_assets.model.job import JOB_ENV, TrainingJob
+from resources import KubernetesCompute, LocalCompute, LocalStorage, SlurmCompute, TorchrunCompute, tracking_resource
+from resources.compute import compute_from_config, compute_from_env
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+TRAIN = {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def data_home(tmp_path_factory: pytest.TempPathFactory):
+    """A data home with one small preprocessed run in the training set, and an instance."""
+    home = tmp_path_factory.mktemp("compute") / "calotwin"
+    with pytest.MonkeyPatch.context() as mp, dg.DagsterInstance.ephemeral() as instance:
+        mp.setenv("CALOTWIN_HOME", str(home))
+        mp.setenv("DAGSTER_HOME", str(home / "dagster"))
+        mp.delenv("CALOTWIN_STORAGE_URL", raising=False)
+        mp.delenv("CALOTWIN_COMPUTE_CONFIG", raising=False)
+        resources = {"storage": LocalStorage()}
+        sims = [{"n_events": 400, "energy_min_gev": 10.0, "energy_max_gev": 100.0, "geometry": SMALL, "seed": 4}]
+        dg.materialize(
+            [simulation_runs],
+            run_config={"ops": {"simulation_runs": {"config": {"simulations": sims}}}, **QUIET},
+            instance=instance,
+            resources=resources,
+        )
+        (key,) = instance.get_dynamic_partitions("simulation_runs")
+        dg.materialize(
+            [raw_showers, preprocessed_showers],
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+            run_config=QUIET,
+        )
+        dg.materialize([training_set], instance=instance, resources=resources, run_config=QUIET)
+        yield home, instance
+
+
+def train_with(compute, data_home, seed: int, **overrides) -> dg.ExecuteInProcessResult:
+    home, instance = data_home
+    config = {**TRAIN, "seed": seed, **overrides}
+    return dg.materialize(
+        [gan_model],
+        instance=instance,
+        resources={"storage": LocalStorage(root=str(home)), "compute": compute, "mlflow": tracking_resource()},
+        run_config={"ops": {"gan_model": {"config": config}}, **QUIET},
+        raise_on_error=False,
+    )
+
+
+def metadata_of(result: dg.ExecuteInProcessResult) -> dict:
+    assert result.success, failure_message(result)
+    return {k: v.value for k, v in result.asset_materializations_for_node("gan_model")[0].metadata.items()}
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return "\n".join(str(e.step_failure_data.error) for e in failures)
+
+
+def assert_trained_and_reported(result: dg.ExecuteInProcessResult, data_home, metadata: dict) -> None:
+    """Two epochs trained; per-epoch metrics in MLflow and progress lines in the Dagster log."""
+    home, instance = data_home
+    assert metadata["epochs_trained"] == 2
+    client = MlflowClient(f"sqlite:///{home}/mlflow/mlflow.db")
+    history = client.get_metric_history(metadata["mlflow_run_id"], "g")
+    assert [m.step for m in history] == [0, 1]
+    assert client.get_metric_history(metadata["mlflow_run_id"], "val_esum_over_ep_gan")
+    messages = [r.user_message for r in instance.all_logs(result.run_id)]
+    for epoch in (1, 2):
+        assert any(m.startswith(f"epoch {epoch}/2: d_real") for m in messages), messages
+    mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow/mlflow.db")
+    showers = generate(load_generator(metadata["model_uri"]), 4, 50.0, 90.0, seed=1)
+    assert showers.energy_deposit.shape[0] == 4
+
+
+@pytest.fixture(scope="module")
+def local_metadata(data_home) -> dict:
+    return metadata_of(train_with(LocalCompute(), data_home, seed=1))
+
+
+def test_in_process_training_reports_its_compute(local_metadata, data_home):
+    assert local_metadata["compute"] == "local (cpu)" and local_metadata["world_size"] == 1
+    assert local_metadata["model_version"] == 1
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_ddp_gives_the_same_metadata_through_pipes(local_metadata, data_home):
+    result = train_with(TorchrunCompute(nproc_per_node=2), data_home, seed=2)
+    metadata = metadata_of(result)
+    assert set(metadata) == set(local_metadata)
+    assert metadata["compute"] == "torchrun (2 processes)" and metadata["world_size"] == 2
+    assert metadata["device"] == "cpu"
+    assert_trained_and_reported(result, data_home, metadata)
+    (job_folder,) = sorted((data_home[0] / "jobs").glob("*-torchrun"))
+    train_log = (job_folder / "train.log").read_text()
+    assert train_log.count("epoch 2/2: d_real") == 1  # rank 0 alone reports
+
+
+@pytest.mark.slow
+def test_a_failing_torchrun_job_fails_the_asset_with_its_reason(data_home):
+    result = train_with(TorchrunCompute(nproc_per_node=2), data_home, seed=3, batch_size=1000)
+    assert not result.success
+    message = failure_message(result)
+    assert "torchrun (2 processes) failed: exit code 1: ValueError: " in message
+    assert "fewer than one batch of 1000" in message  # the external traceback's tail
+
+
+@pytest.mark.slow
+def test_gan_model_trains_as_a_job_on_a_real_slurm(slurm, local_metadata, data_home):  # noqa: F811
+    result = train_with(SlurmCompute(partition=slurm.partition, time="10:00"), data_home, seed=5)
+    metadata = metadata_of(result)
+    assert set(metadata) == set(local_metadata)
+    assert metadata["compute"].startswith("Slurm job ") and metadata["world_size"] == 1
+    assert_trained_and_reported(result, data_home, metadata)
+    job_id = metadata["compute"].split()[2]
+    assert slurm.job_state(job_id)["JobState"] == "COMPLETED"
+
+
+@pytest.mark.slow
+def test_a_failed_slurm_job_fails_the_asset_with_its_state(slurm, data_home):  # noqa: F811
+    result = train_with(SlurmCompute(partition=slurm.partition, time="10:00"), data_home, seed=6, batch_size=1000)
+    assert not result.success
+    message = failure_message(result)
+    assert "failed: FAILED (ExitCode=1:0" in message
+    assert "fewer than one batch of 1000" in message
+
+
+@pytest.mark.slow
+def test_a_slurm_job_cancelled_with_scancel_fails_the_asset(slurm, data_home):  # noqa: F811
+    cancelled: list[str] = []
+
+    def cancel_when_running() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                ["squeue", "-h", "-t", "RUNNING", "-n", "calotwin-cancel", "-o", "%i"], capture_output=True, text=True
+            )
+            if out.stdout.strip():
+                time.sleep(2)  # let it start training
+                job_id = out.stdout.split()[0]
+                subprocess.run(["scancel", job_id], check=True)
+                cancelled.append(job_id)
+                return
+            time.sleep(0.3)
+
+    canceller = threading.Thread(target=cancel_when_running, daemon=True)
+    canceller.start()
+    compute = SlurmCompute(partition=slurm.partition, time="10:00", job_name="calotwin-cancel")
+    result = train_with(compute, data_home, seed=7, epochs=500, max_steps_per_epoch=50)
+    canceller.join(timeout=5)
+    assert cancelled, "the job never ran"
+    assert not result.success
+    assert f"Slurm job {cancelled[0]} (partition {slurm.partition}) failed: CANCELLED" in failure_message(result)
+
+
+def test_the_sbatch_script_carries_the_config(tmp_path):
+    compute = SlurmCompute(
+        partition="gpu",
+        nodes=2,
+        gpus_per_node=4,
+        cpus_per_task=32,
+        time="1-00:00:00",
+        account="calo",
+        extra_directives=["#SBATCH --constraint=a100", "--qos=high"],
+        setup=["module load cuda/12", "source /opt/calotwin/bin/activate"],
+        python="/opt/calotwin/bin/python",
+    )
+    script = compute.script(tmp_path, {"DAGSTER_PIPES_CONTEXT": "abc=", JOB_ENV: "/shared/job 1.json"})
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    directives = [line.removeprefix("#SBATCH ") for line in lines if line.startswith("#SBATCH")]
+    assert directives == [
+        "--job-name=calotwin-train",
+        f"--output={tmp_path}/slurm-%j.log",
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--time=1-00:00:00",
+        "--partition=gpu",
+        "--gpus-per-node=4",
+        "--cpus-per-task=32",
+        "--account=calo",
+        "--constraint=a100",
+        "--qos=high",
+    ]
+    assert lines.index("module load cuda/12") < lines.index(f"export {JOB_ENV}='/shared/job 1.json'")
+    assert "export DAGSTER_PIPES_CONTEXT=abc=" in lines
+    assert lines[-1] == (
+        "srun --kill-on-bad-exit=1 /opt/calotwin/bin/python -m torch.distributed.run "
+        '--nnodes="$SLURM_JOB_NUM_NODES" --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d '
+        '--rdzv_endpoint="$head:29500" --nproc_per_node=4 -m dt_assets.pipes_training'
+    )
+    single = SlurmCompute().script(tmp_path, {})
+    assert "--standalone --nproc_per_node=1 -m dt_assets.pipes_training" in single
+    assert "--partition" not in single and "--gpus-per-node" not in single
+
+
+def test_the_kubernetes_pod_is_built_from_config():
+    compute = KubernetesCompute(
+        image="registry.example/calotwin:0.1",
+        namespace="calo",
+        gpus=2,
+        memory="32Gi",
+        env={"AWS_ENDPOINT_URL": "http://minio:9000"},
+        env_from_secrets=["s3-credentials"],
+        volumes=[{"name": "scratch", "emptyDir": {}}],
+        volume_mounts=[{"name": "scratch", "mountPath": "/scratch"}],
+        node_selector={"kubernetes.io/role": "agent", "type": "virtual-kubelet"},
+        tolerations=[{"key": "virtual-node.interlink/no-schedule", "operator": "Exists"}],
+        service_account="calotwin",
+    )
+    job = TrainingJob(data=["s3://b/p.zarr"], checkpoint_dir="s3://b/ckpt", geometry=SMALL, config={"epochs": 3})
+    pod = compute.pod_body("calotwin-train-x", job, {"DAGSTER_PIPES_CONTEXT": "ctx", "DAGSTER_PIPES_MESSAGES": "m"})
+    body = pod.to_dict()
+    assert body["metadata"]["name"] == "calotwin-train-x"
+    assert body["metadata"]["labels"]["calotwin/role"] == "training"
+    spec = body["spec"]
+    assert spec["restart_policy"] == "Never" and spec["service_account_name"] == "calotwin"
+    assert spec["node_selector"] == {"kubernetes.io/role": "agent", "type": "virtual-kubelet"}
+    assert spec["tolerations"][0]["key"] == "virtual-node.interlink/no-schedule"
+    assert spec["volumes"][0]["name"] == "scratch" and spec["volumes"][0]["empty_dir"] is not None
+    (container,) = spec["containers"]
+    assert container["image"] == "registry.example/calotwin:0.1"
+    assert container["command"] == [
+        "python",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "dt_assets.pipes_training",
+    ]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "2", "memory": "32Gi"}
+    assert container["resources"]["requests"] == {"nvidia.com/gpu": "2", "memory": "32Gi"}
+    assert container["volume_mounts"][0]["mount_path"] == "/scratch"
+    assert container["env_from"][0]["secret_ref"]["name"] == "s3-credentials"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["DAGSTER_PIPES_CONTEXT"] == "ctx" and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert TrainingJob.from_json(env[JOB_ENV]) == job
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"kind": "pbs"}, "kind: unknown compute 'pbs'"),
+        ({"kind": "slurm", "nodes": 0}, "nodes: Input should be greater than or equal to 1"),
+        ({"kind": "slurm", "time": "two hours"}, "time: Value error, not a Slurm time limit: 'two hours'"),
+        ({"kind": "slurm", "extra_directives": ["constraint=a100"]}, "not an sbatch option: 'constraint=a100'"),
+        ({"kind": "slurm", "gpus": 4}, "unknown field(s) for kind 'slurm': ['gpus']"),
+        ({"kind": "torchrun", "nproc_per_node": -1}, "nproc_per_node: Input should be greater than or equal to 1"),
+        ({"kind": "kubernetes"}, "missing field(s) for kind 'kubernetes': ['image']"),
+        ({"kind": "kubernetes", "image": "x", "gpus": -2}, "gpus: Input should be greater than or equal to 0"),
+    ],
+)
+def test_bad_compute_settings_are_named(settings, message):
+    with pytest.raises(ValueError, match=r"compute\.yaml") as excinfo:
+        compute_from_config(settings, "compute.yaml")
+    assert message in str(excinfo.value)
+
+
+def test_the_compute_comes_from_compute_yaml(home, monkeypatch):
+    assert isinstance(compute_from_env(), LocalCompute)
+    (home).mkdir(parents=True, exist_ok=True)
+    (home / "compute.yaml").write_text(yaml.safe_dump({"kind": "slurm", "partition": "gpu", "gpus_per_node": 4}))
+    compute = compute_from_env()
+    assert isinstance(compute, SlurmCompute) and compute.partition == "gpu" and compute.ranks_per_node() == 4
+    other = home / "other.yaml"
+    other.write_text("kind: torchrun\nnproc_per_node: [\n")
+    monkeypatch.setenv("CALOTWIN_COMPUTE_CONFIG", str(other))
+    with pytest.raises(ValueError, match=r"other\.yaml: not valid YAML"):
+        compute_from_env()
+    monkeypatch.setenv("CALOTWIN_COMPUTE_CONFIG", str(home / "missing.yaml"))
+    with pytest.raises(ValueError, match=r"CALOTWIN_COMPUTE_CONFIG=.*missing\.yaml: no such file"):
+        compute_from_env()
+
+
+def test_a_training_job_travels_as_json_and_bad_ones_are_named(tmp_path):
+    job = TrainingJob(data=["a.zarr"], checkpoint_dir="ckpt", geometry=SMALL, config={"epochs": 2, "seed": 3})
+    assert TrainingJob.from_json(job.to_json()) == job
+    path = tmp_path / "job.json"
+    path.write_text(job.to_json())
+    assert TrainingJob.from_env({JOB_ENV: str(path)}) == job
+    assert TrainingJob.from_env({JOB_ENV: job.to_json()}) == job
+    with pytest.raises(ValueError, match="CALOTWIN_TRAINING_JOB is not set"):
+        TrainingJob.from_env({})
+    with pytest.raises(ValueError, match="not JSON"):
+        TrainingJob.from_json("{nope")
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['checkpoint_dir'\]"):
+        TrainingJob.from_json(json.dumps({"data": ["a"], "geometry": SMALL, "config": {}}))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['nodes'\]"):
+        TrainingJob.from_json(json.dumps({**json.loads(job.to_json()), "nodes": 2}))
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        TrainingJob(data=["a"], checkpoint_dir="c", geometry=SMALL, config={"epochs": 0})
+    with pytest.raises(ValueError, match="unknown geometry"):
+        TrainingJob(data=["a"], checkpoint_dir="c", geometry="atlas", config={})

@@ -1,0 +1,564 @@
+"""Compute resources: where ``gan_model`` trains, chosen by configuration alone.
+
+The training asset calls ``compute.run_training(context, job, on_epoch)`` and never knows which one
+it has:
+
+- :class:`LocalCompute` (the default): in-process, CUDA when present.
+- :class:`TorchrunCompute`: ``torchrun --standalone --nproc_per_node N`` on this machine (DDP; gloo
+  on CPU, NCCL on GPUs).
+- :class:`SlurmCompute`: an ``sbatch`` script whose ``srun`` starts ``torchrun`` on each node.
+- :class:`KubernetesCompute`: a pod (through ``dagster-k8s``), e.g. on an interLink virtual node.
+
+The three out-of-process ones run :mod:`dt_assets.pipes_training` with Dagster Pipes: per-epoch log
+lines stream into the Dagster log, per-epoch reports arrive as custom messages (``on_epoch`` turns
+them into MLflow metrics, as in-process) and the model comes back through the final checkpoint in
+storage, so the asset's metadata is the same whatever ran it. A failed external job fails the asset
+with the external reason (exit code, Slurm state, pod error) and the tail of its log.
+
+Which compute the code location uses comes from ``$CALOTWIN_COMPUTE_CONFIG``, else
+``$CALOTWIN_HOME/compute.yaml``, else :class:`LocalCompute` (see :func:`compute_from_env`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import dagster as dg
+import yaml
+from dagster import ConfigurableResource
+from pydantic import Field, ValidationError, field_validator
+
+from dt_assets.home import calotwin_home
+from dt_assets.model.job import JOB_ENV, TrainingJob, epoch_line, read_result, report_from_dict, run_job
+from dt_assets.model.train import EpochReport, TrainResult
+
+COMPUTE_CONFIG_ENV = "CALOTWIN_COMPUTE_CONFIG"
+ENTRY_MODULE = "dt_assets.pipes_training"
+#: Slurm job states after which the job will not run again (``scontrol show job``'s JobState)
+SLURM_FAILED_STATES = frozenset(
+    {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+)
+SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^\d+-\d+$|^UNLIMITED$|^INFINITE$")
+
+EpochCallback = Callable[[EpochReport], None]
+
+
+@dataclass
+class Trained:
+    """A finished training: the model and history, and where it ran."""
+
+    result: TrainResult
+    world_size: int
+    compute: str
+
+
+class ComputeResource(ConfigurableResource):
+    """Where a training runs. Subclasses implement :meth:`run_training`."""
+
+    @abstractmethod
+    def run_training(self, context: dg.AssetExecutionContext, job: TrainingJob, on_epoch: EpochCallback) -> Trained:
+        """Run ``job`` to its end; call ``on_epoch`` once per finished epoch (in this process)."""
+
+
+class LocalCompute(ComputeResource):
+    """Train in the Dagster step's own process (CUDA when present)."""
+
+    device: str = Field(default="", description="Torch device; empty: this machine's GPU when present, else CPU.")
+
+    def run_training(self, context: dg.AssetExecutionContext, job: TrainingJob, on_epoch: EpochCallback) -> Trained:
+        def log(report: EpochReport) -> None:
+            context.log.info(epoch_line(report))
+            on_epoch(report)
+
+        result = run_job(replace(job, device=self.device or job.device), [log])
+        return Trained(result=result, world_size=1, compute=f"local ({result.device})")
+
+
+class _Launched:
+    """An external job in flight: its state, cancellation, and its log file."""
+
+    log_path: Path
+    label: str
+
+    def poll(self) -> str | None:
+        """None while it runs; "" once it succeeded; the reason once it failed."""
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        raise NotImplementedError
+
+
+class PipesCompute(ComputeResource):
+    """Shared by the computes that run the training as an external process on a shared file system."""
+
+    workdir: str = Field(
+        default="",
+        description="Folder for job files, Pipes messages and logs, visible to the compute nodes; "
+        "empty: $CALOTWIN_HOME/jobs.",
+    )
+    python: str = Field(default="", description="Python of the external process; empty: this interpreter.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the job.")
+    poll_interval_seconds: float = Field(default=1.0, gt=0, description="How often the job's state is checked.")
+    log_tail_lines: int = Field(default=40, ge=0, description="Lines of the job's log copied to the Dagster log.")
+
+    kind: ClassVar[str] = "external"
+
+    @abstractmethod
+    def launch(self, context: dg.AssetExecutionContext, folder: Path, env: Mapping[str, str]) -> _Launched:
+        """Start the job (its environment: the Pipes bootstrap variables and the job path)."""
+
+    def python_executable(self) -> str:
+        return self.python or sys.executable
+
+    def job_folder(self, context: dg.AssetExecutionContext) -> Path:
+        root = Path(self.workdir) if self.workdir else calotwin_home() / "jobs"
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        folder = root / f"{stamp}-{context.run_id[:8]}-{self.kind}"
+        folder.mkdir(parents=True, exist_ok=False)
+        return folder
+
+    def run_training(self, context: dg.AssetExecutionContext, job: TrainingJob, on_epoch: EpochCallback) -> Trained:
+        folder = self.job_folder(context)
+        job_file = folder / "job.json"
+        job_file.write_text(job.to_json())
+        seen = 0
+        result_message: dict[str, Any] | None = None
+
+        def drain(messages) -> None:
+            nonlocal seen, result_message
+            for message in messages[seen:]:
+                if isinstance(message, dict) and message.get("kind") == "epoch":
+                    on_epoch(report_from_dict(message["report"]))
+                elif isinstance(message, dict) and message.get("kind") == "result":
+                    result_message = message
+            seen = len(messages)
+
+        injector = dg.PipesFileContextInjector(str(folder / "pipes-context.json"))
+        reader = dg.PipesFileMessageReader(str(folder / "pipes-messages.jsonl"), cleanup_file=False)
+        with dg.open_pipes_session(context, injector, reader) as session:
+            env = {**self.env, **session.get_bootstrap_env_vars(), JOB_ENV: str(job_file)}
+            launched = self.launch(context, folder, env)
+            context.log.info(f"launched {launched.label}; job files and log in {folder}")
+            try:
+                while (outcome := launched.poll()) is None:
+                    drain(session.get_custom_messages())
+                    time.sleep(self.poll_interval_seconds)
+            except BaseException:  # the run was cancelled or the step interrupted: stop the job too
+                context.log.warning(f"stopping {launched.label}")
+                launched.cancel()
+                raise
+        drain(session.get_custom_messages())  # the reader thread has read everything by now
+        tail = log_tail(launched.log_path, self.log_tail_lines)
+        if tail:
+            context.log.info(f"{launched.label}: last lines of {launched.log_path}:\n{tail}")
+        if outcome:
+            cause = first_exception(launched.log_path)
+            outcome = f"{outcome}: {cause}" if cause else outcome
+            raise dg.Failure(
+                description=f"{launched.label} failed: {outcome}\n--- last lines of {launched.log_path}:\n{tail}",
+                metadata={"log": dg.MetadataValue.path(str(launched.log_path)), "reason": outcome},
+            )
+        if result_message is None:
+            raise dg.Failure(
+                description=f"{launched.label} finished but reported no result through Dagster Pipes "
+                f"(did {ENTRY_MODULE} run?)\n--- last lines of {launched.log_path}:\n{tail}"
+            )
+        result = read_result(job, result_message["device"], int(result_message["resumed_from_epoch"]))
+        return Trained(result=result, world_size=int(result_message["world_size"]), compute=launched.label)
+
+
+def log_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a log file ("" when it does not exist)."""
+    if lines <= 0 or not path.exists():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - 200 * lines))
+        text = handle.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?((?:\w+\.)*\w*(?:Error|Exception|Interrupt|Exit)\b:?.*)$")
+
+
+def first_exception(path: Path, scan_bytes: int = 1 << 20) -> str:
+    """The first exception line in a log ("ValueError: ..."), skipping the launchers' own wrappers."""
+    if not path.exists():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - scan_bytes))
+        text = handle.read().decode("utf-8", errors="replace")
+    for line in text.splitlines():
+        match = EXCEPTION_LINE.match(line.strip())
+        if match and "ChildFailedError" not in match.group(1) and ":" in match.group(1):
+            return match.group(1).strip()
+    return ""
+
+
+class _Process(_Launched):
+    def __init__(self, command: list[str], env: Mapping[str, str], folder: Path, label: str) -> None:
+        self.log_path = folder / "train.log"
+        self.label = label
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                env={**os.environ, **env},
+                cwd=folder,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: cancel stops torchrun and its workers
+            )
+
+    def poll(self) -> str | None:
+        code = self.process.poll()
+        if code is None:
+            return None
+        return "" if code == 0 else f"exit code {code}"
+
+    def cancel(self) -> None:
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+class TorchrunCompute(PipesCompute):
+    """DDP on this machine: ``torchrun --standalone --nproc_per_node N`` (gloo on CPU, NCCL on GPUs)."""
+
+    nproc_per_node: int = Field(default=2, ge=1, description="Processes (DDP ranks) on this machine.")
+    torchrun_args: list[str] = Field(default_factory=list, description="Extra torchrun arguments.")
+
+    kind: ClassVar[str] = "torchrun"
+
+    def command(self) -> list[str]:
+        return [
+            self.python_executable(),
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={self.nproc_per_node}",
+            *self.torchrun_args,
+            "-m",
+            ENTRY_MODULE,
+        ]
+
+    def launch(self, context: dg.AssetExecutionContext, folder: Path, env: Mapping[str, str]) -> _Launched:
+        # one machine: keep gloo's sockets on the loopback interface unless told otherwise
+        env = {"GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"), **env}
+        return _Process(self.command(), env, folder, f"torchrun ({self.nproc_per_node} processes)")
+
+
+class _SlurmJob(_Launched):
+    def __init__(self, job_id: str, folder: Path, compute: SlurmCompute, context: dg.AssetExecutionContext) -> None:
+        self.job_id = job_id
+        self.log_path = folder / f"slurm-{job_id}.log"
+        self.label = f"Slurm job {job_id}" + (f" (partition {compute.partition})" if compute.partition else "")
+        self.compute = compute
+        self.context = context
+        self.state = ""
+
+    def poll(self) -> str | None:
+        info = slurm_job_info(self.job_id)
+        state = info.get("JobState", "")
+        if state != self.state:
+            self.context.log.info(f"{self.label}: {state} (reason {info.get('Reason', 'None')})")
+            self.state = state
+        if state == "COMPLETED":
+            return ""
+        if state in SLURM_FAILED_STATES:
+            return f"{state} (ExitCode={info.get('ExitCode', '?')}, Reason={info.get('Reason', 'None')})"
+        return None
+
+    def cancel(self) -> None:
+        subprocess.run(["scancel", self.job_id], capture_output=True, text=True, check=False)
+
+
+def slurm_job_info(job_id: str) -> dict[str, str]:
+    """``scontrol show job -o``'s fields of one job (``JobState``, ``ExitCode``, ``Reason``, ...)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        # finished jobs are forgotten after MinJobAge: squeue -t all may still know the state
+        queued = subprocess.run(
+            ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True, check=False
+        )
+        state = queued.stdout.strip()
+        if queued.returncode == 0 and state:
+            return {"JobState": state}
+        raise dg.Failure(f"Slurm job {job_id}: scontrol show job failed: {out.stderr.strip() or out.stdout.strip()}")
+    return dict(re.findall(r"(\w+)=(\S*)", out.stdout))
+
+
+class SlurmCompute(PipesCompute):
+    """A batch job: ``sbatch`` a script whose ``srun`` starts ``torchrun`` on every node."""
+
+    partition: str = Field(default="", description="Partition (-p); empty: the cluster's default.")
+    nodes: int = Field(default=1, ge=1, description="Nodes (-N); more than one uses torchrun's c10d rendezvous.")
+    gpus_per_node: int = Field(default=0, ge=0, description="GPUs per node (--gpus-per-node); 0: CPU only.")
+    nproc_per_node: int = Field(
+        default=0, ge=0, description="DDP ranks per node; 0: one per GPU, or 1 on a CPU-only job."
+    )
+    cpus_per_task: int = Field(default=0, ge=0, description="CPUs per node's task (--cpus-per-task); 0: default.")
+    time: str = Field(default="01:00:00", description="Time limit (--time), e.g. 30, 02:00:00 or 1-00:00:00.")
+    account: str = Field(default="", description="Account to charge (--account); empty: the user's default.")
+    extra_directives: list[str] = Field(
+        default_factory=list, description="More sbatch options, one per item, e.g. '--constraint=a100' or '--qos=high'."
+    )
+    setup: list[str] = Field(
+        default_factory=list,
+        description="Shell lines run before the launch, e.g. 'module load cuda' or 'source /path/venv/bin/activate'.",
+    )
+    rendezvous_port: int = Field(default=29500, ge=1, le=65535, description="torchrun rendezvous port (multi-node).")
+    job_name: str = Field(default="calotwin-train", description="Slurm job name.")
+
+    kind: ClassVar[str] = "slurm"
+
+    @field_validator("time")
+    @classmethod
+    def _slurm_time(cls, value: str) -> str:
+        if not SLURM_TIME.match(value):
+            raise ValueError(f"not a Slurm time limit: {value!r} (use minutes, HH:MM:SS or D-HH:MM:SS)")
+        return value
+
+    @field_validator("extra_directives")
+    @classmethod
+    def _directives(cls, value: list[str]) -> list[str]:
+        cleaned = [v.strip().removeprefix("#SBATCH").strip() for v in value]
+        for v in cleaned:
+            if not v.startswith("-") or "\n" in v:
+                raise ValueError(f"not an sbatch option: {v!r} (write e.g. '--constraint=a100')")
+        return cleaned
+
+    def ranks_per_node(self) -> int:
+        return self.nproc_per_node or self.gpus_per_node or 1
+
+    def script(self, folder: Path, env: Mapping[str, str]) -> str:
+        """The sbatch script: directives, setup, the job's environment, then srun + torchrun."""
+        directives = [
+            f"--job-name={self.job_name}",
+            f"--output={folder}/slurm-%j.log",
+            f"--nodes={self.nodes}",
+            "--ntasks-per-node=1",
+            f"--time={self.time}",
+        ]
+        if self.partition:
+            directives.append(f"--partition={self.partition}")
+        if self.gpus_per_node:
+            directives.append(f"--gpus-per-node={self.gpus_per_node}")
+        if self.cpus_per_task:
+            directives.append(f"--cpus-per-task={self.cpus_per_task}")
+        if self.account:
+            directives.append(f"--account={self.account}")
+        directives += self.extra_directives
+        if self.nodes == 1:
+            rendezvous = "--standalone"
+        else:
+            rendezvous = (
+                '--nnodes="$SLURM_JOB_NUM_NODES" --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d '
+                f'--rdzv_endpoint="$head:{self.rendezvous_port}"'
+            )
+        torchrun = (
+            f"{shlex.quote(self.python_executable())} -m torch.distributed.run {rendezvous} "
+            f"--nproc_per_node={self.ranks_per_node()} -m {ENTRY_MODULE}"
+        )
+        lines = [
+            "#!/bin/bash",
+            *(f"#SBATCH {d}" for d in directives),
+            "set -euo pipefail",
+            *self.setup,
+            *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())),
+            'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+            'echo "calotwin: Slurm job $SLURM_JOB_ID on $SLURM_JOB_NODELIST (rendezvous on $head)"',
+            f"srun --kill-on-bad-exit=1 {torchrun}",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def launch(self, context: dg.AssetExecutionContext, folder: Path, env: Mapping[str, str]) -> _Launched:
+        script = folder / "train.sbatch"
+        script.write_text(self.script(folder, env))
+        out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise dg.Failure(f"sbatch refused the training job ({script}): {out.stderr.strip() or out.stdout.strip()}")
+        job_id = out.stdout.strip().split(";")[0]
+        context.log.info(f"submitted {script} as Slurm job {job_id}")
+        return _SlurmJob(job_id, folder, self, context)
+
+
+class KubernetesCompute(ComputeResource):
+    """A pod through ``dagster-k8s`` Pipes. For interLink, select its virtual node (node_selector,
+    tolerations). The pod reaches the data through an object store (or volumes mounted at the
+    storage paths). Untested against a live cluster."""
+
+    image: str = Field(description="Container image with CaloTwin installed.")
+    namespace: str = Field(default="", description="Namespace; empty: the current one, else 'default'.")
+    gpus: int = Field(default=0, ge=0, description="GPUs requested (limit on gpu_resource).")
+    gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource name of a GPU.")
+    nproc_per_node: int = Field(default=0, ge=0, description="DDP ranks in the pod; 0: one per GPU, or 1.")
+    cpu: str = Field(default="", description="CPU request and limit, e.g. '8'; empty: none.")
+    memory: str = Field(default="", description="Memory request and limit, e.g. '32Gi'; empty: none.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables of the container.")
+    env_from_secrets: list[str] = Field(
+        default_factory=list, description="Secrets whose keys become environment variables (e.g. S3 credentials)."
+    )
+    volumes: list[dict[str, Any]] = Field(default_factory=list, description="Pod volumes (Kubernetes volume specs).")
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list, description="Container volume mounts.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector (e.g. interLink's).")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Pod tolerations.")
+    service_account: str = Field(default="", description="Service account of the pod; empty: the namespace's.")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets for pulling the image.")
+    kubeconfig_file: str = Field(default="", description="kubeconfig; empty: in-cluster config or ~/.kube/config.")
+    kube_context: str = Field(default="", description="kubeconfig context; empty: the current one.")
+    pod_wait_timeout_seconds: float = Field(default=86400.0, gt=0, description="Longest time a pod may run.")
+
+    def ranks(self) -> int:
+        return self.nproc_per_node or self.gpus or 1
+
+    def command(self) -> list[str]:
+        ranks = f"--nproc_per_node={self.ranks()}"
+        return ["python", "-m", "torch.distributed.run", "--standalone", ranks, "-m", ENTRY_MODULE]
+
+    def pod_spec(self) -> dict[str, Any]:
+        """The base pod spec (dagster-k8s adds the image, command and Pipes variables)."""
+        limits: dict[str, str] = {}
+        if self.gpus:
+            limits[self.gpu_resource] = str(self.gpus)
+        if self.cpu:
+            limits["cpu"] = self.cpu
+        if self.memory:
+            limits["memory"] = self.memory
+        container: dict[str, Any] = {"name": "train"}
+        if limits:
+            container["resources"] = {"limits": limits, "requests": dict(limits)}
+        if self.env_from_secrets:
+            container["env_from"] = [{"secret_ref": {"name": name}} for name in self.env_from_secrets]
+        if self.volume_mounts:
+            container["volume_mounts"] = list(self.volume_mounts)
+        spec: dict[str, Any] = {"containers": [container], "restart_policy": "Never"}
+        if self.volumes:
+            spec["volumes"] = list(self.volumes)
+        if self.node_selector:
+            spec["node_selector"] = dict(self.node_selector)
+        if self.tolerations:
+            spec["tolerations"] = list(self.tolerations)
+        if self.service_account:
+            spec["service_account_name"] = self.service_account
+        if self.image_pull_secrets:
+            spec["image_pull_secrets"] = [{"name": name} for name in self.image_pull_secrets]
+        return spec
+
+    def pod_body(self, pod_name: str, job: TrainingJob, pipes_env: Mapping[str, str]):
+        """The pod dagster-k8s creates (a ``kubernetes.client.V1Pod``)."""
+        from dagster_k8s.pipes import build_pod_body
+
+        return build_pod_body(
+            pod_name=pod_name,
+            image=self.image,
+            command=self.command(),
+            env_vars={**self.env, **pipes_env, JOB_ENV: job.to_json()},
+            base_pod_meta={"labels": {"app.kubernetes.io/part-of": "calotwin", "calotwin/role": "training"}},
+            base_pod_spec=self.pod_spec(),
+        )
+
+    def run_training(self, context: dg.AssetExecutionContext, job: TrainingJob, on_epoch: EpochCallback) -> Trained:
+        from dagster_k8s.client import DagsterKubernetesClient, WaitForPodState
+        from dagster_k8s.pipes import PipesK8sClient, get_pod_name
+        from dagster_k8s.utils import detect_current_namespace
+
+        if "://" not in job.checkpoint_dir:
+            context.log.warning(
+                f"checkpoints go to a local path ({job.checkpoint_dir}): the pod must mount it (volumes), "
+                "or use object storage"
+            )
+        pipes = PipesK8sClient(kubeconfig_file=self.kubeconfig_file or None, kube_context=self.kube_context or None)
+        pipes._load_k8s_config()
+        client = DagsterKubernetesClient.production_client()
+        namespace = self.namespace or detect_current_namespace(self.kubeconfig_file or None) or "default"
+        pod_name = get_pod_name(context.run_id, context.op.name)
+        with dg.open_pipes_session(context, dg.PipesEnvContextInjector(), pipes.message_reader) as session:
+            body = self.pod_body(pod_name, job, session.get_bootstrap_env_vars())
+            client.core_api.create_namespaced_pod(namespace, body)
+            context.log.info(f"created pod {namespace}/{pod_name}")
+            try:
+                with pipes.consume_pod_logs(context=context, client=client, namespace=namespace, pod_name=pod_name):
+                    client.wait_for_pod(
+                        pod_name,
+                        namespace,
+                        wait_for_state=WaitForPodState.Terminated,
+                        wait_timeout=self.pod_wait_timeout_seconds,
+                    )
+            except Exception as exc:  # dagster-k8s raises with the pod's status and container message
+                raise dg.Failure(f"pod {namespace}/{pod_name} failed: {exc}") from exc
+            finally:
+                client.core_api.delete_namespaced_pod(pod_name, namespace)
+        messages = session.get_custom_messages()
+        for message in messages:
+            if isinstance(message, dict) and message.get("kind") == "epoch":
+                on_epoch(report_from_dict(message["report"]))
+        results = [m for m in messages if isinstance(m, dict) and m.get("kind") == "result"]
+        if not results:
+            raise dg.Failure(f"pod {namespace}/{pod_name} finished but reported no result through Dagster Pipes")
+        result = read_result(job, results[-1]["device"], int(results[-1]["resumed_from_epoch"]))
+        return Trained(result=result, world_size=int(results[-1]["world_size"]), compute=f"pod {namespace}/{pod_name}")
+
+
+COMPUTES: dict[str, type[ComputeResource]] = {
+    "local": LocalCompute,
+    "torchrun": TorchrunCompute,
+    "slurm": SlurmCompute,
+    "kubernetes": KubernetesCompute,
+}
+
+
+def compute_from_config(settings: Mapping[str, Any], source: str = "compute settings") -> ComputeResource:
+    """A compute from ``{"kind": "slurm", "partition": ..., ...}``; bad values name ``source`` and the field."""
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"{source}: expected a mapping with 'kind', got {type(settings).__name__}")
+    fields = dict(settings)
+    kind = fields.pop("kind", "local")
+    if kind not in COMPUTES:
+        raise ValueError(f"{source}: kind: unknown compute {kind!r}; one of {sorted(COMPUTES)}")
+    cls = COMPUTES[kind]
+    unknown = sorted(set(fields) - set(cls.model_fields))
+    if unknown:
+        raise ValueError(f"{source}: unknown field(s) for kind {kind!r}: {unknown}; known: {sorted(cls.model_fields)}")
+    missing = sorted(name for name, f in cls.model_fields.items() if f.is_required() and name not in fields)
+    if missing:
+        raise ValueError(f"{source}: missing field(s) for kind {kind!r}: {missing}")
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{source}: {problems}") from None
+
+
+def compute_from_env() -> ComputeResource:
+    """The compute named by ``$CALOTWIN_COMPUTE_CONFIG`` or ``$CALOTWIN_HOME/compute.yaml``; else local."""
+    path = os.environ.get(COMPUTE_CONFIG_ENV, "")
+    file = Path(path) if path else calotwin_home() / "compute.yaml"
+    if not file.exists():
+        if path:
+            raise ValueError(f"${COMPUTE_CONFIG_ENV}={path}: no such file")
+        return LocalCompute()
+    try:
+        settings = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{file}: not valid YAML ({exc})") from None
+    return compute_from_config(settings, str(file))
