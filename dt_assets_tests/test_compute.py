@@ -4,6 +4,7 @@ Slurm, chosen by configuration alone, with the same metadata; external failures 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -22,7 +23,7 @@ from dt_assets.defs.model import gan_model
 from dt_assets.defs.preprocess import preprocessed_showers, training_set
 from dt_assets.model.job import JOB_ENV, TrainingJob
 from resources import KubernetesCompute, LocalCompute, LocalStorage, SlurmCompute, TorchrunCompute, tracking_resource
-from resources.compute import compute_from_config, compute_from_env
+from resources.compute import _Process, compute_from_config, compute_from_env
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 TRAIN = {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16}
@@ -314,3 +315,20 @@ def test_a_training_job_travels_as_json_and_bad_ones_are_named(tmp_path):
         TrainingJob(data=["a"], checkpoint_dir="c", geometry=SMALL, config={"epochs": 0})
     with pytest.raises(ValueError, match="unknown geometry"):
         TrainingJob(data=["a"], checkpoint_dir="c", geometry="atlas", config={})
+
+
+def test_cancelling_a_torchrun_job_stops_its_whole_process_group(tmp_path):
+    pids = tmp_path / "pids"
+    script = f"sleep 300 & echo $! > {pids}; echo started; wait"
+    launched = _Process(["bash", "-c", script], {}, tmp_path, "a job")
+    deadline = time.monotonic() + 10
+    while not (pids.exists() and pids.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pids.read_text())
+    assert launched.poll() is None
+    launched.cancel()
+    assert launched.poll() == "exit code -15"
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):  # the grandchild goes with its group
+            os.kill(child, 0)
+            time.sleep(0.05)

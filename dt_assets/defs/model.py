@@ -25,7 +25,8 @@ TRAINING_POOL = "training"
 def epoch_metrics(report: EpochReport) -> None:
     """Per-epoch metrics into the active MLflow run (the compute logs the progress line)."""
     metrics = {k: float(v) for k, v in report.metrics.items() if k != "epoch"}
-    mlflow.log_metrics({**metrics, "samples_per_second": report.samples_per_second}, step=report.epoch)
+    speed = {"samples_per_second": report.samples_per_second, "epoch_seconds": report.seconds}
+    mlflow.log_metrics({**metrics, **speed}, step=report.epoch)
 
 
 @dg.asset(
