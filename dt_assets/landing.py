@@ -45,7 +45,7 @@ from .runs import FileSpec, zarr_checksum
 from .showers.errors import ShowerDataError
 from .showers.hdf5 import hdf5_blocks
 from .showers.schema import DEPOSIT, validate_showers
-from .showers.store import atomic_file, iter_blocks, read_showers, sha256_stream, url_to_fs
+from .showers.store import atomic_file, is_object_store, iter_blocks, move, read_showers, sha256_stream, url_to_fs
 
 #: Names of files still being written by common tools (ignored by :meth:`Landing.scan`).
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".filepart")
@@ -671,7 +671,7 @@ def _sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:
 def _makedirs(area: _Area, path: str) -> None:
     if area.local:
         os.makedirs(path, exist_ok=True)
-    else:
+    elif not is_object_store(area.fs):  # an object store has no folders (and s3fs would create a missing bucket)
         area.fs.makedirs(path, exist_ok=True)
 
 
@@ -685,4 +685,4 @@ def _move(area: _Area, source: str, target: str, is_dir: bool) -> None:
                 raise
             shutil.move(source, target)  # another file system: copy, then remove the source (links stay links)
     else:
-        area.fs.mv(source, target, recursive=is_dir)
+        move(area.fs, source, target, recursive=is_dir)  # an object store: copy every object, then delete

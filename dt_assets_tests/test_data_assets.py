@@ -12,6 +12,7 @@ import pytest
 from dt_assets import read_showers, write_hdf5
 from dt_assets.definitions import defs
 from dt_assets.defs.data import raw_showers, simulation_runs
+from dt_assets.defs.model import gan_model
 from resources import LocalStorage, ObjectStorage, storage_from_env
 
 SMALL_RUN = {
@@ -109,7 +110,9 @@ def test_definitions_load_with_the_pinned_graph():
         )
     }
     assert graph.get(dg.AssetKey("gan_model")).pools == {"training"}
-    assert set(defs.resources) == {"storage", "mlflow", "registry"}
+    assert set(defs.resources) == {"storage", "compute", "mlflow", "registry"}
+    assert type(defs.resources["compute"]).__name__ == "LocalCompute"  # no compute.yaml: in-process
+    assert gan_model.required_resource_keys >= {"compute", "storage", "mlflow"}
 
 
 def test_registering_the_same_run_twice_makes_one_partition(home, instance):

@@ -4,6 +4,17 @@
 ``.calotwin``). ``ObjectStorage`` takes any fsspec URL (``s3://bucket/prefix`` for an
 S3-compatible object store, with its ``storage_options``). Asset code sees only
 :class:`StorageResource`; writes are atomic in both (see :mod:`dt_assets.showers.store`).
+
+From the environment (:func:`storage_from_env`, what the Definitions use):
+
+- ``$CALOTWIN_STORAGE_URL``: a non-local fsspec URL such as ``s3://bucket/calotwin`` selects
+  ``ObjectStorage``; a local path (or ``file://`` URL) moves the ``LocalStorage`` root.
+- ``$CALOTWIN_STORAGE_OPTIONS``: a JSON object of fsspec options for that URL, e.g.
+  ``{"endpoint_url": "http://minio:9000"}`` for an S3-compatible store that is not AWS.
+
+Credentials are best left out of both: s3fs (botocore) reads ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` (or ``~/.aws``, an instance role, ...) itself. The endpoint is passed
+explicitly as ``endpoint_url``; botocore's ``AWS_ENDPOINT_URL`` also works when it is not.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from dt_assets.home import calotwin_home
 from dt_assets.showers.store import atomic_file, url_to_fs
 
 STORAGE_URL_ENV = "CALOTWIN_STORAGE_URL"
+STORAGE_OPTIONS_ENV = "CALOTWIN_STORAGE_OPTIONS"
 
 
 class StorageResource(ConfigurableResource):
@@ -110,9 +122,10 @@ class ObjectStorage(StorageResource):
     """Any fsspec URL, e.g. an S3-compatible object store: ``s3://bucket/calotwin``."""
 
     url_prefix: str = Field(description="Root URL, e.g. s3://bucket/calotwin or gcs://bucket/prefix.")
-    storage_options: dict[str, str] = Field(
+    storage_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="fsspec options, e.g. {'endpoint_url': 'http://127.0.0.1:9000', 'key': ..., 'secret': ...}.",
+        description="fsspec options, e.g. {'endpoint_url': 'http://127.0.0.1:9000'} for an S3-compatible store "
+        "(credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment, or 'key' and 'secret').",
     )
 
     def root_url(self) -> str:
@@ -122,9 +135,28 @@ class ObjectStorage(StorageResource):
         return dict(self.storage_options)
 
 
+def storage_options_from_env() -> dict[str, Any]:
+    """``$CALOTWIN_STORAGE_OPTIONS`` as a dict (empty when unset); anything but a JSON object is a ValueError."""
+    text = os.environ.get(STORAGE_OPTIONS_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"${STORAGE_OPTIONS_ENV} is not valid JSON ({exc})") from None  # no echo: it may hold a secret
+    if not isinstance(options, dict):
+        raise ValueError(
+            f"${STORAGE_OPTIONS_ENV} must be a JSON object of fsspec options, e.g. "
+            f'{{"endpoint_url": "http://127.0.0.1:9000"}}, not a JSON {type(options).__name__}'
+        )
+    return options
+
+
 def storage_from_env() -> StorageResource:
-    """``ObjectStorage`` when ``$CALOTWIN_STORAGE_URL`` names a non-local URL, else ``LocalStorage``."""
+    """``ObjectStorage`` (with ``$CALOTWIN_STORAGE_OPTIONS``) when ``$CALOTWIN_STORAGE_URL`` names a non-local
+    URL, else ``LocalStorage``. A malformed ``$CALOTWIN_STORAGE_OPTIONS`` raises ValueError naming it."""
     url = os.environ.get(STORAGE_URL_ENV, "")
+    options = storage_options_from_env()
     if url and "://" in url and not url.startswith("file://"):
-        return ObjectStorage(url_prefix=url)
+        return ObjectStorage(url_prefix=url, storage_options=options)
     return LocalStorage(root=url.removeprefix("file://") or None)

@@ -46,7 +46,13 @@ def default_artifact_location() -> str:
 
 
 def ensure_experiment(name: str, tracking_uri: str, artifact_location: str | None = None) -> str:
-    """Create the experiment with an explicit artifact location if it does not exist; return its id."""
+    """Create the experiment if it does not exist; return its id.
+
+    With the embedded sqlite store its artifacts go to ``$CALOTWIN_HOME/mlflow/artifacts`` (MLflow would
+    otherwise use ``./mlruns``). With a tracking server (``http://...``) the location is left to the server:
+    ``mlflow-artifacts:/<id>`` when it serves artifacts (``deploy/mlflow.sh``: they land in its
+    ``--artifacts-destination``, e.g. ``s3://bucket/mlflow``, and clients need no object-store access).
+    """
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
