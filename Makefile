@@ -60,3 +60,4 @@ bench: install ## Run the benchmarks in bench/ (prints tables and JSON lines)
 	$(PY) bench/generate.py
 	$(PY) bench/validation.py
 	$(PY) bench/loop.py
+	$(PY) bench/compute.py

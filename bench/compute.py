@@ -10,7 +10,7 @@ cluster (``.ci/slurm up``; ``source /tmp/calotwin-slurm/env``).
 Small preset, one run of ``--events`` showers, ``--epochs`` epochs of ``--steps`` steps of batch
 ``--batch`` (per rank). Prints a table, then one JSON line.
 
-    .venv/bin/python bench/compute.py [--events 2000] [--epochs 3] [--steps 20] [--batch 32] [--nproc 2]
+    .venv/bin/python bench/compute.py [--events 2000] [--epochs 2] [--steps 15] [--batch 32] [--nproc 2]
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def slurm_available() -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--nproc", type=int, default=2)
     args = parser.parse_args()
