@@ -27,29 +27,16 @@ from pathlib import Path
 import dagster as dg
 from mlflow import MlflowClient
 
-from dt_assets.defs.data import raw_showers, simulation_runs
 from dt_assets.defs.model import gan_model
-from dt_assets.defs.preprocess import preprocessed_showers, training_set
+from dt_assets.defs.pipeline import QUIET, materialize_training_set
 from resources import LocalCompute, LocalStorage, SlurmCompute, TorchrunCompute, tracking_resource
 
 GEOMETRY = "small_ecal_15x15x12"
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def prepare(instance: dg.DagsterInstance, events: int) -> None:
-    resources = {"storage": LocalStorage()}
     sims = [{"n_events": events, "energy_min_gev": 10.0, "energy_max_gev": 100.0, "geometry": GEOMETRY, "seed": 1}]
-    dg.materialize(
-        [simulation_runs],
-        run_config={"ops": {"simulation_runs": {"config": {"simulations": sims}}}, **QUIET},
-        instance=instance,
-        resources=resources,
-    )
-    (key,) = instance.get_dynamic_partitions("simulation_runs")
-    dg.materialize(
-        [raw_showers, preprocessed_showers], partition_key=key, instance=instance, resources=resources, run_config=QUIET
-    )
-    dg.materialize([training_set], instance=instance, resources=resources, run_config=QUIET)
+    materialize_training_set(instance, {"storage": LocalStorage()}, sims)
 
 
 def measure(name: str, compute, instance, home: Path, config: dict) -> dict:

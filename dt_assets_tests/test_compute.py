@@ -18,14 +18,12 @@ from slurm_cluster import slurm  # noqa: F401  (the fixture)
 
 from conftest import SMALL
 from dt_assets import generate, load_generator
-from dt_assets.defs.data import raw_showers, simulation_runs
 from dt_assets.defs.model import gan_model
-from dt_assets.defs.preprocess import preprocessed_showers, training_set
+from dt_assets.defs.pipeline import QUIET, materialize_training_set
 from dt_assets.model.job import JOB_ENV, TrainingJob
 from resources import KubernetesCompute, LocalCompute, LocalStorage, SlurmCompute, TorchrunCompute, tracking_resource
-from resources.compute import _Process, compute_from_config, compute_from_env
+from resources.compute import _Process, _SlurmJob, compute_from_config, compute_from_env
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 TRAIN = {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16}
 
 
@@ -38,23 +36,8 @@ def data_home(tmp_path_factory: pytest.TempPathFactory):
         mp.setenv("DAGSTER_HOME", str(home / "dagster"))
         mp.delenv("CALOTWIN_STORAGE_URL", raising=False)
         mp.delenv("CALOTWIN_COMPUTE_CONFIG", raising=False)
-        resources = {"storage": LocalStorage()}
         sims = [{"n_events": 400, "energy_min_gev": 10.0, "energy_max_gev": 100.0, "geometry": SMALL, "seed": 4}]
-        dg.materialize(
-            [simulation_runs],
-            run_config={"ops": {"simulation_runs": {"config": {"simulations": sims}}}, **QUIET},
-            instance=instance,
-            resources=resources,
-        )
-        (key,) = instance.get_dynamic_partitions("simulation_runs")
-        dg.materialize(
-            [raw_showers, preprocessed_showers],
-            partition_key=key,
-            instance=instance,
-            resources=resources,
-            run_config=QUIET,
-        )
-        dg.materialize([training_set], instance=instance, resources=resources, run_config=QUIET)
+        materialize_training_set(instance, {"storage": LocalStorage()}, sims)
         yield home, instance
 
 
@@ -96,6 +79,11 @@ def assert_trained_and_reported(result: dg.ExecuteInProcessResult, data_home, me
     assert showers.energy_deposit.shape[0] == 4
 
 
+def slurm_compute(cluster, **fields) -> SlurmCompute:
+    """A job on the test cluster's partition, its state polled every 0.5 s."""
+    return SlurmCompute(partition=cluster.partition, time="10:00", poll_interval_seconds=0.5, **fields)
+
+
 @pytest.fixture(scope="module")
 def local_metadata(data_home) -> dict:
     return metadata_of(train_with(LocalCompute(), data_home, seed=1))
@@ -130,7 +118,7 @@ def test_a_failing_torchrun_job_fails_the_asset_with_its_reason(data_home):
 
 @pytest.mark.slow
 def test_gan_model_trains_as_a_job_on_a_real_slurm(slurm, local_metadata, data_home):  # noqa: F811
-    result = train_with(SlurmCompute(partition=slurm.partition, time="10:00"), data_home, seed=5)
+    result = train_with(slurm_compute(slurm), data_home, seed=5)
     metadata = metadata_of(result)
     assert set(metadata) == set(local_metadata)
     assert metadata["compute"].startswith("Slurm job ") and metadata["world_size"] == 1
@@ -141,7 +129,7 @@ def test_gan_model_trains_as_a_job_on_a_real_slurm(slurm, local_metadata, data_h
 
 @pytest.mark.slow
 def test_a_failed_slurm_job_fails_the_asset_with_its_state(slurm, data_home):  # noqa: F811
-    result = train_with(SlurmCompute(partition=slurm.partition, time="10:00"), data_home, seed=6, batch_size=1000)
+    result = train_with(slurm_compute(slurm), data_home, seed=6, batch_size=1000)
     assert not result.success
     message = failure_message(result)
     assert "failed: FAILED (ExitCode=1:0" in message
@@ -168,7 +156,7 @@ def test_a_slurm_job_cancelled_with_scancel_fails_the_asset(slurm, data_home):  
 
     canceller = threading.Thread(target=cancel_when_running, daemon=True)
     canceller.start()
-    compute = SlurmCompute(partition=slurm.partition, time="10:00", job_name="calotwin-cancel")
+    compute = slurm_compute(slurm, job_name="calotwin-cancel")
     result = train_with(compute, data_home, seed=7, epochs=500, max_steps_per_epoch=50)
     canceller.join(timeout=5)
     assert cancelled, "the job never ran"
@@ -332,3 +320,11 @@ def test_cancelling_a_torchrun_job_stops_its_whole_process_group(tmp_path):
         for _ in range(100):  # the grandchild goes with its group
             os.kill(child, 0)
             time.sleep(0.05)
+
+
+def test_a_job_slurm_cannot_report_on_is_given_up_after_repeated_queries(slurm, tmp_path):  # noqa: F811
+    job = _SlurmJob("99999999", tmp_path, slurm_compute(slurm), dg.build_asset_context())
+    job.MAX_QUERY_ERRORS = 3
+    assert job.poll() is None and job.poll() is None  # a restarting slurmctld is given time
+    with pytest.raises(dg.Failure, match="lost track of the job after 3 tries: scontrol show job 99999999 failed"):
+        job.poll()

@@ -11,9 +11,9 @@ from mlflow import MlflowClient
 
 from conftest import SMALL
 from dt_assets import build_generator, generate, load_generator
-from dt_assets.defs.data import raw_showers, simulation_runs
 from dt_assets.defs.model import gan_model
-from dt_assets.defs.preprocess import preprocessed_showers, training_set
+from dt_assets.defs.pipeline import materialize_training_set
+from dt_assets.defs.preprocess import training_set
 from dt_assets.model.registry import default_tracking_uri, ensure_experiment, log_generator, set_alias
 from resources import LocalCompute, LocalStorage, tracking_resource
 
@@ -59,17 +59,7 @@ def test_registry_uri_without_a_generator_file_is_named(home):
 def test_gan_model_asset_trains_logs_registers_and_resumes(home, instance):
     resources = {"storage": LocalStorage(), "compute": LocalCompute(), "mlflow": tracking_resource()}
     sims = [{"n_events": 600, "energy_min_gev": 10.0, "energy_max_gev": 100.0, "geometry": SMALL, "seed": 4}]
-    dg.materialize(
-        [simulation_runs],
-        run_config={"ops": {"simulation_runs": {"config": {"simulations": sims}}}, **QUIET},
-        instance=instance,
-        resources=resources,
-    )
-    (key,) = instance.get_dynamic_partitions("simulation_runs")
-    dg.materialize(
-        [raw_showers, preprocessed_showers], partition_key=key, instance=instance, resources=resources, run_config=QUIET
-    )
-    dg.materialize([training_set], instance=instance, resources=resources, run_config=QUIET)
+    (key,) = materialize_training_set(instance, resources, sims)
     config = {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16}
     result = dg.materialize(
         [gan_model],

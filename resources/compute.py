@@ -267,6 +267,9 @@ class TorchrunCompute(PipesCompute):
 
 
 class _SlurmJob(_Launched):
+    #: consecutive failed state queries (slurmctld restarting, say) tolerated before giving up on the job
+    MAX_QUERY_ERRORS = 30
+
     def __init__(self, job_id: str, folder: Path, compute: SlurmCompute, context: dg.AssetExecutionContext) -> None:
         self.job_id = job_id
         self.log_path = folder / f"slurm-{job_id}.log"
@@ -274,9 +277,19 @@ class _SlurmJob(_Launched):
         self.compute = compute
         self.context = context
         self.state = ""
+        self.query_errors = 0
 
     def poll(self) -> str | None:
-        info = slurm_job_info(self.job_id)
+        try:
+            info = slurm_job_info(self.job_id)
+        except SlurmQueryError as exc:
+            self.query_errors += 1
+            if self.query_errors == 1:
+                self.context.log.warning(f"{self.label}: {exc}; trying again")
+            if self.query_errors >= self.MAX_QUERY_ERRORS:
+                raise dg.Failure(f"{self.label}: lost track of the job after {self.query_errors} tries: {exc}") from exc
+            return None
+        self.query_errors = 0
         state = info.get("JobState", "")
         if state != self.state:
             self.context.log.info(f"{self.label}: {state} (reason {info.get('Reason', 'None')})")
@@ -291,6 +304,10 @@ class _SlurmJob(_Launched):
         subprocess.run(["scancel", self.job_id], capture_output=True, text=True, check=False)
 
 
+class SlurmQueryError(RuntimeError):
+    """Neither ``scontrol`` nor ``squeue`` could tell the state of a job."""
+
+
 def slurm_job_info(job_id: str) -> dict[str, str]:
     """``scontrol show job -o``'s fields of one job (``JobState``, ``ExitCode``, ``Reason``, ...)."""
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=False)
@@ -302,7 +319,7 @@ def slurm_job_info(job_id: str) -> dict[str, str]:
         state = queued.stdout.strip()
         if queued.returncode == 0 and state:
             return {"JobState": state}
-        raise dg.Failure(f"Slurm job {job_id}: scontrol show job failed: {out.stderr.strip() or out.stdout.strip()}")
+        raise SlurmQueryError(f"scontrol show job {job_id} failed: {out.stderr.strip() or out.stdout.strip()}")
     return dict(re.findall(r"(\w+)=(\S*)", out.stdout))
 
 
@@ -327,6 +344,9 @@ class SlurmCompute(PipesCompute):
     )
     rendezvous_port: int = Field(default=29500, ge=1, le=65535, description="torchrun rendezvous port (multi-node).")
     job_name: str = Field(default="calotwin-train", description="Slurm job name.")
+    poll_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often scontrol is asked for the job's state (the log streams anyway)."
+    )
 
     kind: ClassVar[str] = "slurm"
 
