@@ -24,11 +24,8 @@ from dataclasses import asdict
 import torch.distributed as dist
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
 
-from dt_assets.model.job import TrainingJob, epoch_line, run_job
+from dt_assets.model.job import EPOCH_MESSAGE, RESULT_MESSAGE, TrainingJob, epoch_line, run_job
 from dt_assets.model.train import Distributed, EpochReport
-
-EPOCH = "epoch"
-RESULT = "result"
 
 
 def main() -> int:
@@ -43,13 +40,13 @@ def main() -> int:
             print(line, flush=True)
             if pipes is not None:
                 pipes.log.info(line)
-                pipes.report_custom_message({"kind": EPOCH, "report": asdict(epoch)})
+                pipes.report_custom_message({"kind": EPOCH_MESSAGE, "report": asdict(epoch)})
 
         result = run_job(job, [report])
         if pipes is not None:
             pipes.report_custom_message(
                 {
-                    "kind": RESULT,
+                    "kind": RESULT_MESSAGE,
                     "device": result.device,
                     "world_size": ctx.world_size,
                     "resumed_from_epoch": result.resumed_from_epoch,

@@ -41,7 +41,16 @@ from dagster import ConfigurableResource
 from pydantic import Field, ValidationError, field_validator
 
 from dt_assets.home import calotwin_home
-from dt_assets.model.job import JOB_ENV, TrainingJob, epoch_line, read_result, report_from_dict, run_job
+from dt_assets.model.job import (
+    EPOCH_MESSAGE,
+    JOB_ENV,
+    RESULT_MESSAGE,
+    TrainingJob,
+    epoch_line,
+    read_result,
+    report_from_dict,
+    run_job,
+)
 from dt_assets.model.train import EpochReport, TrainResult
 
 COMPUTE_CONFIG_ENV = "CALOTWIN_COMPUTE_CONFIG"
@@ -133,18 +142,7 @@ class PipesCompute(ComputeResource):
         folder = self.job_folder(context)
         job_file = folder / "job.json"
         job_file.write_text(job.to_json())
-        seen = 0
-        result_message: dict[str, Any] | None = None
-
-        def drain(messages) -> None:
-            nonlocal seen, result_message
-            for message in messages[seen:]:
-                if isinstance(message, dict) and message.get("kind") == "epoch":
-                    on_epoch(report_from_dict(message["report"]))
-                elif isinstance(message, dict) and message.get("kind") == "result":
-                    result_message = message
-            seen = len(messages)
-
+        reports = _PipesReports(on_epoch)
         injector = dg.PipesFileContextInjector(str(folder / "pipes-context.json"))
         reader = dg.PipesFileMessageReader(str(folder / "pipes-messages.jsonl"), cleanup_file=False)
         with dg.open_pipes_session(context, injector, reader) as session:
@@ -153,13 +151,13 @@ class PipesCompute(ComputeResource):
             context.log.info(f"launched {launched.label}; job files and log in {folder}")
             try:
                 while (outcome := launched.poll()) is None:
-                    drain(session.get_custom_messages())
+                    reports.take(session.get_custom_messages())
                     time.sleep(self.poll_interval_seconds)
             except BaseException:  # the run was cancelled or the step interrupted: stop the job too
                 context.log.warning(f"stopping {launched.label}")
                 launched.cancel()
                 raise
-        drain(session.get_custom_messages())  # the reader thread has read everything by now
+        reports.take(session.get_custom_messages())  # the reader thread has read everything by now
         tail = log_tail(launched.log_path, self.log_tail_lines)
         if tail:
             context.log.info(f"{launched.label}: last lines of {launched.log_path}:\n{tail}")
@@ -170,13 +168,34 @@ class PipesCompute(ComputeResource):
                 description=f"{launched.label} failed: {outcome}\n--- last lines of {launched.log_path}:\n{tail}",
                 metadata={"log": dg.MetadataValue.path(str(launched.log_path)), "reason": outcome},
             )
-        if result_message is None:
-            raise dg.Failure(
-                description=f"{launched.label} finished but reported no result through Dagster Pipes "
-                f"(did {ENTRY_MODULE} run?)\n--- last lines of {launched.log_path}:\n{tail}"
-            )
-        result = read_result(job, result_message["device"], int(result_message["resumed_from_epoch"]))
-        return Trained(result=result, world_size=int(result_message["world_size"]), compute=launched.label)
+        return reports.trained(
+            job, launched.label, f"(did {ENTRY_MODULE} run?)\n--- last lines of {launched.log_path}:\n{tail}"
+        )
+
+
+class _PipesReports:
+    """The custom messages of :mod:`dt_assets.pipes_training`: each epoch's report goes to ``on_epoch``
+    as it arrives (:meth:`take` may see the same growing list many times); the result is kept."""
+
+    def __init__(self, on_epoch: EpochCallback) -> None:
+        self.on_epoch = on_epoch
+        self.seen = 0
+        self.result: dict[str, Any] | None = None
+
+    def take(self, messages) -> None:
+        for message in messages[self.seen :]:
+            if isinstance(message, dict) and message.get("kind") == EPOCH_MESSAGE:
+                self.on_epoch(report_from_dict(message["report"]))
+            elif isinstance(message, dict) and message.get("kind") == RESULT_MESSAGE:
+                self.result = message
+        self.seen = len(messages)
+
+    def trained(self, job: TrainingJob, label: str, hint: str = "") -> Trained:
+        """The model from the job's final checkpoint, once the result message came."""
+        if self.result is None:
+            raise dg.Failure(f"{label} finished but reported no result through Dagster Pipes {hint}".rstrip())
+        result = read_result(job, self.result["device"], int(self.result["resumed_from_epoch"]))
+        return Trained(result=result, world_size=int(self.result["world_size"]), compute=label)
 
 
 def log_tail(path: Path, lines: int) -> str:
@@ -274,7 +293,6 @@ class _SlurmJob(_Launched):
         self.job_id = job_id
         self.log_path = folder / f"slurm-{job_id}.log"
         self.label = f"Slurm job {job_id}" + (f" (partition {compute.partition})" if compute.partition else "")
-        self.compute = compute
         self.context = context
         self.state = ""
         self.query_errors = 0
@@ -528,15 +546,9 @@ class KubernetesCompute(ComputeResource):
                 raise dg.Failure(f"pod {namespace}/{pod_name} failed: {exc}") from exc
             finally:
                 client.core_api.delete_namespaced_pod(pod_name, namespace)
-        messages = session.get_custom_messages()
-        for message in messages:
-            if isinstance(message, dict) and message.get("kind") == "epoch":
-                on_epoch(report_from_dict(message["report"]))
-        results = [m for m in messages if isinstance(m, dict) and m.get("kind") == "result"]
-        if not results:
-            raise dg.Failure(f"pod {namespace}/{pod_name} finished but reported no result through Dagster Pipes")
-        result = read_result(job, results[-1]["device"], int(results[-1]["resumed_from_epoch"]))
-        return Trained(result=result, world_size=int(results[-1]["world_size"]), compute=f"pod {namespace}/{pod_name}")
+        reports = _PipesReports(on_epoch)
+        reports.take(session.get_custom_messages())
+        return reports.trained(job, f"pod {namespace}/{pod_name}")
 
 
 COMPUTES: dict[str, type[ComputeResource]] = {

@@ -22,10 +22,22 @@ from .step import TrainConfig
 from .stream import TrainingData
 from .train import CHECKPOINT_FILE, EpochReport, TrainResult, read_checkpoint, train
 
-__all__ = ["JOB_ENV", "TrainingJob", "epoch_line", "read_result", "report_from_dict", "run_job"]
+__all__ = [
+    "EPOCH_MESSAGE",
+    "JOB_ENV",
+    "RESULT_MESSAGE",
+    "TrainingJob",
+    "epoch_line",
+    "read_result",
+    "report_from_dict",
+    "run_job",
+]
 
 #: environment variable that carries a job to an external process: the JSON itself or a path to it
 JOB_ENV = "CALOTWIN_TRAINING_JOB"
+#: ``kind`` of the messages an external training sends back (Dagster Pipes custom messages)
+EPOCH_MESSAGE = "epoch"
+RESULT_MESSAGE = "result"
 
 
 @dataclass(frozen=True)
