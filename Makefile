@@ -13,10 +13,10 @@ MLFLOW_PORT ?= 5000
 SENSOR_TIMEOUT := DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS=300
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format ui twin mlflow-ui bench
+.PHONY: help install demo test lint format docs ui twin mlflow-ui bench
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## Create .venv and install CaloTwin with its pinned dependencies (idempotent)
 
@@ -39,6 +39,9 @@ lint: install ## ruff lint and format check
 
 format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+docs: install ## Regenerate the README's configuration reference from the Config classes
+	$(PY) -m dt_assets.defs.config_reference README.md --write
 
 ui: install ## Start the Dagster UI and daemon on http://127.0.0.1:3000, the loop's sensors on (HOST, PORT to change)
 	$(PY) -c 'from dt_assets.home import ensure_dagster_home, ensure_home; ensure_home(); ensure_dagster_home()'

@@ -187,7 +187,7 @@ def test_unregistered_partition_fails_with_instructions(home, instance):
 def test_bad_launchpad_config_names_the_field(home, instance):
     with pytest.raises(Exception, match="energy range reversed"):
         register(instance, LocalStorage(), [{**SMALL_RUN, "energy_min_gev": 200.0}])
-    with pytest.raises(Exception, match="unknown geometry 'atlas'"):
+    with pytest.raises(dg.DagsterInvalidConfigError, match=r"geometry not in enum type .* got atlas"):
         register(instance, LocalStorage(), [{**SMALL_RUN, "geometry": "atlas"}])
     with pytest.raises(Exception, match="n_events"):
         register(instance, LocalStorage(), [{**SMALL_RUN, "n_events": -5}])

@@ -317,7 +317,10 @@ def test_settings_file_overrides_and_bad_values_are_named(tmp_path):
     assert settings.retrain.gan_model.max_steps_per_epoch == 0  # a section given replaces the loop's default
     for text, named in [
         ("landing: {min_interval_seconds: 0}", "landing.min_interval_seconds"),
-        ("retrain: {gan_model: {geometry: nowhere}}", "unknown geometry 'nowhere'"),
+        (
+            "retrain: {gan_model: {geometry: nowhere}}",
+            "retrain.gan_model.geometry: Input should be 'clic_ecal_25x25x25'",
+        ),
         ("revalidation: {cron: 'every night'}", "not a cron expression"),
         ("validation: {mc_reference: {events_per_cell: -3}}", "validation.mc_reference.events_per_cell"),
         ("landing: {energy_range_gev: [500, 1]}", "energy_range_gev"),

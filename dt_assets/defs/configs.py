@@ -14,6 +14,9 @@ from ..physics.simulator import ENERGY_RANGE_GEV, THETA_RANGE_DEG
 from ..runs import SimulationSpec
 from ..validation.config import SCORES, GridSettings, ValidationConfig
 
+#: a geometry preset's name: an enum in the launchpad (a dropdown, and an unknown name is refused before launch)
+GeometryName = Literal[tuple(sorted(GEOMETRIES))]  # type: ignore[valid-type]
+
 
 def _known_geometry(value: str | None) -> str | None:
     if value is not None and value not in GEOMETRIES:
@@ -41,13 +44,12 @@ class SimulationConfig(dg.Config):
         default=120.0, ge=THETA_RANGE_DEG[0], le=THETA_RANGE_DEG[1], description="Highest polar angle (degrees)."
     )
     particle: Literal["e-", "gamma"] = Field(default="e-", description="Incident particle.")
-    geometry: str = Field(default=DEFAULT_GEOMETRY, description=f"Geometry preset, one of {sorted(GEOMETRIES)}.")
+    geometry: GeometryName = Field(default=DEFAULT_GEOMETRY, description="Geometry preset (cells, layers, materials).")
     seed: int = Field(default=0, ge=0, description="Random seed; the same config and seed give the same run.")
-
-    _check_geometry = field_validator("geometry")(_known_geometry)
 
     @model_validator(mode="after")
     def _ranges_in_order(self) -> SimulationConfig:
+        """`energy_min_gev` ≤ `energy_max_gev` and `theta_min_deg` ≤ `theta_max_deg` (a reversed range is named)."""
         if self.energy_min_gev > self.energy_max_gev:
             raise ValueError(
                 f"energy range reversed: energy_min_gev={self.energy_min_gev} > energy_max_gev={self.energy_max_gev}"
@@ -105,6 +107,7 @@ class PreprocessConfig(dg.Config):
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> PreprocessConfig:
+        """`train_fraction` + `validation_fraction` ≤ 1 (the rest is the test split)."""
         if self.train_fraction + self.validation_fraction > 1:
             raise ValueError(
                 f"train_fraction + validation_fraction = {self.train_fraction + self.validation_fraction} exceeds 1"
@@ -119,7 +122,9 @@ class GanModelConfig(dg.Config):
     """Training of the 3DGAN. Defaults suit a CPU and the small preset; the reference trains the
     51x51x25 model with learning rates 1e-3 on GPUs."""
 
-    geometry: str = Field(default="small_ecal_15x15x12", description="Geometry preset; trains on its runs only.")
+    geometry: GeometryName = Field(
+        default="small_ecal_15x15x12", description="Geometry preset; trains on its runs only."
+    )
     epochs: int = Field(default=4, ge=1, description="Epochs (passes over the training split).")
     batch_size: int = Field(default=32, ge=2, description="Events per batch (per process under DDP).")
     max_steps_per_epoch: int = Field(default=0, ge=0, description="Cap on steps per epoch; 0 means a full pass.")
@@ -135,8 +140,6 @@ class GanModelConfig(dg.Config):
         default="", description="Start from this model: models:/name@alias, models:/name/N or a checkpoint path."
     )
     registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
-
-    _check_geometry = field_validator("geometry")(_known_geometry)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -167,7 +170,9 @@ class ReferenceConfig(dg.Config):
     """
 
     config_file: str = Field(default="", description="Validation YAML (grid, events_per_cell); empty: defaults.")
-    geometry: str = Field(default="small_ecal_15x15x12", description="Geometry preset of the model to validate.")
+    geometry: GeometryName = Field(
+        default="small_ecal_15x15x12", description="Geometry preset of the model to validate."
+    )
     particle: Literal["e-", "e+", "gamma"] = Field(default="e-", description="Incident particle.")
     seed: int = Field(
         default=1_000_000, ge=0, description="MC seed; far from the training runs' seeds, so the sample is independent."
@@ -177,8 +182,6 @@ class ReferenceConfig(dg.Config):
     energy_max_gev: float | None = Field(default=None, description="High edge of the grid's energy range (GeV).")
     n_energies: int | None = Field(default=None, ge=1, description="Energy cells spread over the range (default 5).")
     angles_deg: list[float] | None = Field(default=None, description="Angle cell centres (default 62, 90, 118).")
-
-    _check_geometry = field_validator("geometry")(_known_geometry)
 
     def validation_config(self) -> ValidationConfig:
         base = _validation_base(self.config_file)
@@ -281,8 +284,18 @@ class SpeedBenchmarkConfig(dg.Config):
     registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
     n_events: int = Field(default=512, ge=1, description="Showers per timing.")
     batch_size: int = Field(default=128, ge=1, description="Generator batch size.")
-    energy_gev: float = Field(default=100.0, ge=ENERGY_RANGE_GEV[0], le=ENERGY_RANGE_GEV[1], description="GeV.")
-    theta_deg: float = Field(default=90.0, ge=THETA_RANGE_DEG[0], le=THETA_RANGE_DEG[1], description="Degrees.")
+    energy_gev: float = Field(
+        default=100.0,
+        ge=ENERGY_RANGE_GEV[0],
+        le=ENERGY_RANGE_GEV[1],
+        description="Primary energy of the timed showers (GeV).",
+    )
+    theta_deg: float = Field(
+        default=90.0,
+        ge=THETA_RANGE_DEG[0],
+        le=THETA_RANGE_DEG[1],
+        description="Polar angle of the timed showers (degrees).",
+    )
 
     def resolved_uri(self) -> str:
         return self.model_uri or f"models:/{self.registered_model_name}@challenger"

@@ -78,7 +78,8 @@ class LandingSettings(_Section):
 
     @model_validator(mode="after")
     def _checks_valid(self) -> LandingSettings:
-        self.checks()  # ranges in order and inside the simulator's validity
+        """The energy and angle ranges are in order, and the energies positive."""
+        self.checks()
         return self
 
     def checks(self) -> LandingChecks:
@@ -136,14 +137,21 @@ class RevalidationSettings(_Section):
 class TwinSettings(_Section):
     """All of the loop's settings."""
 
-    landing: LandingSettings = Field(default_factory=LandingSettings)
-    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
-    full_retrain: FullRetrainSettings = Field(default_factory=FullRetrainSettings)
-    validation: ValidationSettings = Field(default_factory=ValidationSettings)
-    revalidation: RevalidationSettings = Field(default_factory=RevalidationSettings)
+    landing: LandingSettings = Field(default_factory=LandingSettings, description="The landing sensor.")
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings, description="Retraining on new data.")
+    full_retrain: FullRetrainSettings = Field(
+        default_factory=FullRetrainSettings, description="The weekly full retraining (a schedule)."
+    )
+    validation: ValidationSettings = Field(
+        default_factory=ValidationSettings, description="Validation of every model the loop trains."
+    )
+    revalidation: RevalidationSettings = Field(
+        default_factory=RevalidationSettings, description="The nightly re-validation of the champion (a schedule)."
+    )
 
     @model_validator(mode="after")
     def _one_model(self) -> TwinSettings:
+        """`retrain` and `full_retrain` train the same geometry and registered model."""
         trained = {self.retrain.gan_model.geometry, self.full_retrain.gan_model.geometry}
         names = {self.retrain.gan_model.registered_model_name, self.full_retrain.gan_model.registered_model_name}
         if len(trained) > 1 or len(names) > 1:
