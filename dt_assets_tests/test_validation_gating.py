@@ -204,3 +204,64 @@ def test_yaml_settings_override_defaults_key_by_key(tmp_path):
     path.write_text("observables: [e_sum\n")
     with pytest.raises(ValueError, match="not valid YAML"):
         ValidationConfig.from_yaml(path)
+
+
+PLUGIN = """
+import numpy as np
+from dt_assets.validation.metrics import metric
+from dt_assets.validation.observables import observable
+
+
+@observable("plugin_e_back", unit="MeV", description="visible energy in the last 3 layers")
+def e_back(block):
+    return block.layer_energy[:, -3:].sum(axis=1)
+
+
+@metric("plugin_median_error", description="relative error of the median")
+def median_error(reference, candidate):
+    return np.abs(candidate.quantile(0.5) / reference.quantile(0.5) - 1)
+"""
+
+
+def test_a_plugin_named_in_the_yaml_brings_its_observable_and_metric(tmp_path):
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "my_physics.py").write_text(PLUGIN)
+    path = tmp_path / "validation.yaml"
+    path.write_text(
+        "plugins: [lab/my_physics.py]\nobservables: [e_sum, plugin_e_back]\n"
+        "metrics: [mean_error, plugin_median_error]\n"
+        "thresholds: {plugin_median_error: 0.2}\ngrid: {energies_gev: [50], angles_deg: [90]}\n"
+        "events_per_cell: 200\nbootstrap: 20\nclassifier: {epochs: 2}\n"
+    )
+    cfg = ValidationConfig.from_yaml(path)
+    assert cfg.plugins == (str(tmp_path / "lab" / "my_physics.py"),)  # relative to the YAML
+    assert ValidationConfig.from_yaml(path) == cfg  # imported once: registering again is not attempted
+    grid = cfg.conditions_grid()
+    reference = simulate_grid(grid, 2 * cfg.events_per_cell, SMALL, seed=5)
+    candidate = simulate_grid(grid, cfg.events_per_cell, SMALL, seed=6)
+    result = validate(reference, candidate, cfg)
+    (key,) = [k for k in result.metrics if k.endswith("/plugin_e_back/plugin_median_error")]
+    assert result.metrics[key].threshold == 0.2 and result.metrics[key].value < 0.2  # MC vs MC passes it
+    # a scaled candidate fails the plugin's check on the plugin's observable
+    scaled = candidate.assign(energy_deposit=candidate.energy_deposit * 1.5)
+    failed = validate(reference, scaled, cfg)
+    assert failed.metrics[key].value > 0.4 and not failed.passed  # 1.5x deposits; more cells over threshold too
+
+
+@pytest.mark.parametrize(
+    ("plugins", "message"),
+    [
+        (["no_such_module_xyz"], "plugins: cannot import 'no_such_module_xyz'"),
+        (["missing.py"], "plugins: no such file"),
+    ],
+)
+def test_a_bad_plugin_is_named(tmp_path, plugins, message):
+    with pytest.raises(ValueError, match=message):
+        ValidationConfig.from_dict({"plugins": plugins})
+
+
+def test_a_plugin_that_fails_on_import_is_named(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('needs a GPU')\n")
+    with pytest.raises(ValueError, match=r"broken.py' failed on import: RuntimeError: needs a GPU"):
+        ValidationConfig.from_dict({"plugins": [str(broken)]})

@@ -12,6 +12,13 @@ observable, which wins), or a global metric (``fpd``, ``kpd``, ``classifier_auc`
     grid: {energy_range_gev: [10, 200], n_energies: 3, angles_deg: [62, 90, 118]}
     bootstrap: 200
     score: fpd
+    plugins: [my_lab.observables, ./my_metrics.py]
+
+``plugins`` lists modules (importable names, or ``.py`` files; a relative file is relative to the
+YAML file) imported before anything else is checked: modules that register observables and
+metrics with :func:`~dt_assets.validation.observables.observable` and
+:func:`~dt_assets.validation.metrics.metric`, so a YAML given to the Dagster assets as
+``config_file`` brings its own physics.
 
 The default thresholds were calibrated on MC against independent MC at 500 events per cell on the
 small preset (``bench/validation.py`` prints that calibration): each sits about 1.4x or more above
@@ -23,6 +30,10 @@ cell the statistical floor rises: the report flags checks whose baseline reaches
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,8 +136,11 @@ class ValidationConfig:
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     threshold_mev: float = DEFAULT_THRESHOLD_MEV
     seed: int = 0
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for plugin in self.plugins:
+            load_plugin(plugin)
         try:
             for name in (*self.observables, *(self.global_features or ())):
                 get_observable(name)
@@ -206,7 +220,7 @@ class ValidationConfig:
             data["grid"] = _nested(GridSettings, data["grid"], "grid")
         if "classifier" in data:
             data["classifier"] = _nested(ClassifierSettings, data["classifier"], "classifier")
-        for name in ("observables", "metrics", "global_features"):
+        for name in ("observables", "metrics", "global_features", "plugins"):
             if data.get(name) is not None:
                 if isinstance(data[name], str):
                     raise ValueError(f"{name} must be a list of names, got the string {data[name]!r}")
@@ -225,6 +239,8 @@ class ValidationConfig:
             raise ValueError(f"{path}: not valid YAML ({exc})") from None
         if data is not None and not isinstance(data, Mapping):
             raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+        if data and isinstance(data.get("plugins"), list):  # files named relative to the YAML
+            data = {**data, "plugins": [_relative_to(str(p), path.parent) for p in data["plugins"]]}
         try:
             return cls.from_dict(data)
         except (ValueError, KeyError) as exc:
@@ -261,3 +277,36 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _relative_to(plugin: str, folder: Path) -> str:
+    return str((folder / plugin).resolve()) if plugin.endswith(".py") and not Path(plugin).is_absolute() else plugin
+
+
+def load_plugin(plugin: str) -> None:
+    """Import a module that registers observables or metrics: a dotted name or a ``.py`` file.
+
+    A module is imported once per process (a file is keyed by its resolved path), so registering
+    in it at import time is safe. A missing module or an error inside it raises ValueError naming it.
+    """
+    if not plugin.endswith(".py"):
+        try:
+            importlib.import_module(plugin)
+        except ImportError as exc:
+            raise ValueError(f"plugins: cannot import {plugin!r}: {exc}") from None
+        return
+    path = Path(plugin).expanduser().resolve()
+    name = f"calotwin_plugin_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    if name in sys.modules:
+        return
+    if not path.is_file():
+        raise ValueError(f"plugins: no such file {plugin!r}")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ValueError(f"plugins: {plugin!r} failed on import: {type(exc).__name__}: {exc}") from exc
