@@ -55,3 +55,34 @@ def test_make_targets_named_in_the_readme_exist():
         assert re.search(rf"make {target}\s", help_text), target
     commands = "\n".join(code_blocks("bash"))
     assert commands.splitlines()[0].startswith("make demo") and commands.splitlines()[1].startswith("make test")
+
+
+def mermaid_lineage() -> tuple[str, set[tuple[str, str]]]:
+    (diagram,) = code_blocks("mermaid")
+    edges = set()
+    for line in diagram.splitlines():
+        if "-." in line or "-->" not in line:
+            continue
+        chain = [part.strip() for part in line.split("-->")]
+        edges |= set(zip(chain, chain[1:], strict=False))
+    return diagram, edges
+
+
+def test_the_architecture_diagram_holds_every_asset_edge_sensor_and_schedule():
+    from dt_assets.definitions import defs
+
+    diagram, edges = mermaid_lineage()
+    graph = defs.resolve_asset_graph()
+    lineage = {
+        (parent.to_user_string(), key.to_user_string())
+        for key in graph.get_all_asset_keys()
+        for parent in graph.get(key).parent_keys
+    }
+    assert edges == lineage  # solid arrows are exactly the assets' lineage
+    for key in graph.get_all_asset_keys():
+        assert re.search(rf"\b{key.to_user_string()}\b", diagram), key
+        assert f"subgraph {graph.get(key).group_name}" in diagram, key
+    repository = defs.get_repository_def()
+    for name in [s.name for s in repository.sensor_defs] + [s.name for s in repository.schedule_defs]:
+        if name != "default_automation_condition_sensor":  # Dagster's own, for raw_showers' automation
+            assert re.search(rf"^\s+{name} -\.", diagram, flags=re.M), name
