@@ -177,3 +177,30 @@ def test_a_materialization_launched_from_the_ui_succeeds(ui, page):
     page.goto(f"http://127.0.0.1:{ui}/runs/{mine[0]['runId']}")
     page.get_by_text("Success", exact=False).first.wait_for()
     page.screenshot(path=screenshots() / "materialize-run.png")
+
+
+def set_launchpad_config(page, text: str) -> None:
+    """Replace the launchpad's config, as a user pasting YAML into the editor."""
+    page.locator(".CodeMirror").first.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(text)
+
+
+def test_the_launchpad_explains_each_field_and_refuses_a_bad_geometry_before_launch(ui, page):
+    page.goto(f"http://127.0.0.1:{ui}/locations/{location(ui)}/jobs/register_runs/playground")
+    page.get_by_text("No errors").wait_for()
+    run = "ops:\n  simulation_runs:\n    config:\n      simulations:\n        - n_events: 10\n          geometry: {}\n"
+    launch = page.get_by_role("button", name="Launch Run")
+    set_launchpad_config(page, run.format("atlas"))
+    page.get_by_text("simulations[0]:geometry not in enum type", exact=False).wait_for()
+    assert not launch.is_enabled()  # refused before launch, the field named
+    page.screenshot(path=screenshots() / "launchpad-refused.png")
+    set_launchpad_config(page, run.format(SMALL))
+    page.get_by_text("No errors").wait_for()
+    assert launch.is_enabled()
+    # the type explorer beside the editor: each field's description, the geometry's choices
+    for name in ("simulation_runs", "config", "simulations"):
+        page.get_by_text(name, exact=True).last.click()
+    page.get_by_text("/* Number of showers to simulate. */").wait_for()
+    page.get_by_text("Literal['clic_ecal_25x25x25',", exact=False).first.wait_for()
+    page.screenshot(path=screenshots() / "launchpad-fields.png")
