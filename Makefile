@@ -9,11 +9,12 @@ export DAGSTER_HOME ?= $(CALOTWIN_HOME)/dagster
 HOST ?= 127.0.0.1
 PORT ?= 3000
 MLFLOW_PORT ?= 5000
+NOTEBOOK_PORT ?= 8888
 # the landing sensor reads whole files: give a tick 5 minutes instead of Dagster's 60 s
 SENSOR_TIMEOUT := DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS=300
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format docs ui twin mlflow-ui bench
+.PHONY: help install demo test lint format docs ui twin mlflow-ui notebook bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +55,13 @@ mlflow-ui: install ## Start the MLflow UI on the embedded tracking store, http:/
 	mkdir -p $(CALOTWIN_HOME)/mlflow
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CALOTWIN_HOME)/mlflow/mlflow.db \
 		--default-artifact-root $(CALOTWIN_HOME)/mlflow/artifacts -h $(HOST) -p $(MLFLOW_PORT)
+
+# the kernel starts in notebooks/: the homes are passed on as absolute paths; Jupyter runs as root (containers,
+# CI) only when told so
+notebook: install ## Open notebooks/quickstart.ipynb in JupyterLab on http://127.0.0.1:8888 (after `make demo`; NOTEBOOK_PORT to change)
+	CALOTWIN_HOME="$(abspath $(CALOTWIN_HOME))" DAGSTER_HOME="$(abspath $(DAGSTER_HOME))" \
+		$(VENV)/bin/jupyter lab notebooks/quickstart.ipynb --no-browser --ip=$(HOST) --port=$(NOTEBOOK_PORT) \
+		--ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: install ## Run the benchmarks in bench/ (prints tables and JSON lines)
 	$(PY) bench/simulate.py

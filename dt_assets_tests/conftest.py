@@ -1,7 +1,10 @@
-"""Shared fixtures: an isolated data home, an ephemeral Dagster instance, small simulated samples."""
+"""Shared fixtures: an isolated data home, an ephemeral Dagster instance, small simulated samples, and a data
+home filled once per session by `make demo`."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -35,3 +38,19 @@ def instance():
 def small_showers() -> xr.Dataset:
     """300 electrons, 10-100 GeV, 60-120 deg, on the small preset (two blocks: 256 + 44 events)."""
     return simulate(300, (10.0, 100.0), (60.0, 120.0), "e-", geometry=SMALL, seed=11)
+
+
+def make_env(home: Path) -> dict[str, str]:
+    """The environment of a user who runs `make` with ``$CALOTWIN_HOME`` = ``home`` (Dagster's home inside it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CALOTWIN_STORAGE_URL", "MAKEFLAGS")}
+    env["CALOTWIN_HOME"] = str(home)
+    return env
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory) -> tuple[Path, str]:
+    """A data home filled by `make demo` (run once per session: it takes minutes), and what the demo printed."""
+    home = tmp_path_factory.mktemp("demo") / "calotwin"
+    run = subprocess.run(["make", "demo"], cwd=REPO, env=make_env(home), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return home, run.stdout

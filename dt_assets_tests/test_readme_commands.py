@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -12,26 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, make_env
 from dt_assets import read_showers
 from dt_assets.twin import LOOP_SENSORS, Served, loop_states
 
 pytestmark = pytest.mark.slow
-
-
-def make_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "CALOTWIN_STORAGE_URL", "MAKEFLAGS")}
-    env["CALOTWIN_HOME"] = str(home)
-    return env
-
-
-@pytest.fixture(scope="module")
-def demo_home(tmp_path_factory) -> tuple[Path, str]:
-    """A data home filled by `make demo`, and what the demo printed."""
-    home = tmp_path_factory.mktemp("demo") / "calotwin"
-    run = subprocess.run(["make", "demo"], cwd=REPO, env=make_env(home), capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return home, run.stdout
 
 
 def test_make_demo_prints_the_summary_and_leaves_data_on_disk(demo_home):
