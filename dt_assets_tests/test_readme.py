@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def mermaid_lineage() -> tuple[str, set[tuple[str, str]]]:
         if "-." in line or "-->" not in line:
             continue
         chain = [part.strip() for part in line.split("-->")]
-        edges |= set(zip(chain, chain[1:], strict=False))
+        edges |= set(itertools.pairwise(chain))
     return diagram, edges
 
 
@@ -86,3 +87,23 @@ def test_the_architecture_diagram_holds_every_asset_edge_sensor_and_schedule():
     for name in [s.name for s in repository.sensor_defs] + [s.name for s in repository.schedule_defs]:
         if name != "default_automation_condition_sensor":  # Dagster's own, for raw_showers' automation
             assert re.search(rf"^\s+{name} -\.", diagram, flags=re.M), name
+
+
+#: each quickstart command, and where a test runs it exactly so (`make test` is what CI runs on a fresh clone)
+QUICKSTART_TESTED = {
+    "make demo": ("conftest.py", '["make", "demo"]'),
+    "make test": (".ci/run", "make test"),
+    "make ui": ("test_readme_commands.py", 'serve(["ui"'),
+    "make notebook": ("test_notebook.py", '["make", "notebook"'),
+    "make mlflow-ui": ("test_readme_commands.py", 'serve(["mlflow-ui"'),
+}
+
+
+def test_the_quickstart_is_exactly_the_commands_the_tests_run():
+    section = README.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+    assert commands == list(QUICKSTART_TESTED)
+    for command, (file, snippet) in QUICKSTART_TESTED.items():
+        path = REPO / file if file.startswith(".ci") else REPO / "dt_assets_tests" / file
+        assert snippet in path.read_text(), f"{command}: not run by {file}"
