@@ -8,7 +8,8 @@ epoch, which under DDP counts every rank. Slurm is measured when ``$SLURM_CONF``
 cluster (``.ci/slurm up``; ``source /tmp/calotwin-slurm/env``).
 
 Small preset, one run of ``--events`` showers, ``--epochs`` epochs of ``--steps`` steps of batch
-``--batch`` (per rank). Prints a table, then one JSON line.
+``--batch`` (per rank). Prints a table, then one JSON line. Progress bars on stderr follow the
+simulation and the in-process training (an external training logs its steps to the Dagster log).
 
     .venv/bin/python bench/compute.py [--events 2000] [--epochs 2] [--steps 15] [--batch 32] [--nproc 2]
 """
@@ -29,6 +30,7 @@ from mlflow import MlflowClient
 
 from dt_assets.defs.model import gan_model
 from dt_assets.defs.pipeline import QUIET, materialize_training_set
+from dt_assets.progress import enable_bars
 from resources import LocalCompute, LocalStorage, SlurmCompute, TorchrunCompute, tracking_resource
 
 GEOMETRY = "small_ecal_15x15x12"
@@ -79,6 +81,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--nproc", type=int, default=2)
     args = parser.parse_args()
+    enable_bars()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "calotwin"

@@ -3,7 +3,8 @@
 For each primary energy it simulates showers on the default geometry (clic_ecal_51x51x25, the
 angle drawn in 60-120 degrees) with ``GFlashSimulator.simulate_block`` and, in the same run, times
 the floor: drawing the same number of spots (four float32 uniforms each, as the simulator draws)
-and adding them into the same cell grid with NumPy. Prints a table, then one JSON line.
+and adding them into the same cell grid with NumPy. Prints a table, then one JSON line; a progress
+bar on stderr follows the timings.
 
     .venv/bin/python bench/simulate.py [--events 256] [--repeat 5]
 """
@@ -19,6 +20,7 @@ import numpy as np
 
 from dt_assets.physics.geometry import get_geometry
 from dt_assets.physics.simulator import GFlashSimulator, sample_conditions
+from dt_assets.progress import Progress, enable_bars
 
 
 def floor_block(
@@ -47,14 +49,17 @@ def floor_block(
     return cells
 
 
-def best_interleaved(repeat: int, *fns) -> list[float]:
-    """Best wall time of each function, running them in turn ``repeat`` times (fair on a noisy machine)."""
+def best_interleaved(repeat: int, *fns, progress: Progress | None = None) -> list[float]:
+    """Best wall time of each function, running them in turn ``repeat`` times (fair on a noisy machine);
+    ``progress`` counts each round."""
     best = [float("inf")] * len(fns)
     for _ in range(repeat):
         for i, fn in enumerate(fns):
             start = time.perf_counter()
             fn()
             best[i] = min(best[i], time.perf_counter() - start)
+        if progress is not None:
+            progress.update()
     return best
 
 
@@ -64,10 +69,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timings are the best of this many")
     parser.add_argument("--geometry", default="clic_ecal_51x51x25")
     args = parser.parse_args()
+    enable_bars()
     geometry = get_geometry(args.geometry)
     simulator = GFlashSimulator()
     rows = []
-    for energy in (10.0, 100.0, 500.0):
+    energies = (10.0, 100.0, 500.0)
+    progress = Progress(len(energies) * args.repeat, "MC and floor timings", "rounds")
+    for energy in energies:
         conditions = sample_conditions(args.events, energy, (60.0, 120.0), "e-", np.random.default_rng(0))
         n_spots = int(simulator.shower_steps(conditions, geometry, np.random.default_rng(1)).n_spots.sum())
         mc, fl = best_interleaved(
@@ -76,6 +84,7 @@ def main() -> None:
             lambda m=n_spots: floor_block(
                 args.events, m, geometry.shape, np.random.default_rng(2), simulator.max_spots_per_chunk
             ),
+            progress=progress,
         )
         rows.append(
             {
@@ -89,6 +98,7 @@ def main() -> None:
                 "ratio_mc_to_floor": mc / fl,
             }
         )
+    progress.close()
     print(f"GFlash MC on {geometry.name} {geometry.shape}, e-, theta 60-120 deg, best of {args.repeat}")
     print(f"{'E [GeV]':>8} {'spots/ev':>9} {'MC sh/s':>9} {'floor sh/s':>11} {'MC ns/spot':>11} {'ratio':>6}")
     for r in rows:

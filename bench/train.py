@@ -7,7 +7,7 @@
    steps): DESIGN.md's goal is flat.
 
 Small preset (small_ecal_15x15x12), batch 32, CPU unless a GPU is present. Prints a table, then
-one JSON line.
+one JSON line; progress bars on stderr follow the simulation and the trainings.
 
     .venv/bin/python bench/train.py [--events 2000] [--steps 30]
 """
@@ -30,10 +30,12 @@ import torch
 from dt_assets import get_geometry, simulate_blocks
 from dt_assets.model.gan3d import Discriminator
 from dt_assets.model.generation import CaloGenerator
+from dt_assets.model.job import StepProgress
 from dt_assets.model.preprocess import preprocess_blocks
 from dt_assets.model.step import Batch, GANStep
 from dt_assets.model.stream import FIELDS, TrainingData
 from dt_assets.model.train import TrainConfig, train
+from dt_assets.progress import Progress, enable_bars
 from dt_assets.showers.store import open_store, write_blocks
 
 GEOMETRY = "small_ecal_15x15x12"
@@ -41,19 +43,22 @@ GEOMETRY = "small_ecal_15x15x12"
 
 def make_store(path: Path, events: int, seed: int) -> str:
     blocks = simulate_blocks(events, (10.0, 100.0), (60.0, 120.0), geometry=GEOMETRY, seed=seed)
+    blocks = Progress(events, f"simulating {path.name}").wrap(blocks, lambda block: block.sizes["event"])
     write_blocks(preprocess_blocks(blocks, f"mc-bench-{seed}"), str(path))
     return str(path)
 
 
 def streaming_rate(url: str, config: TrainConfig, work: Path) -> float:
     reports = []
-    train(
-        TrainingData([url]),
-        config,
-        str(work / f"ckpt-{time.monotonic_ns()}"),
-        get_geometry(GEOMETRY),
-        callbacks=[reports.append],
-    )
+    with StepProgress(None) as steps:  # bars only
+        train(
+            TrainingData([url]),
+            config,
+            str(work / f"ckpt-{time.monotonic_ns()}"),
+            get_geometry(GEOMETRY),
+            callbacks=[reports.append],
+            on_step=[steps],
+        )
     return reports[-1].samples_per_second
 
 
@@ -70,8 +75,9 @@ def bare_rate(url: str, config: TrainConfig) -> float:
     step = GANStep.single_process(generator, discriminator, config, torch.device("cpu"))
     order = torch.randperm(len(cells))
     b = config.batch_size
+    steps = Progress(config.max_steps_per_epoch, "bare loop", "steps").wrap(range(config.max_steps_per_epoch))
     started = time.monotonic()
-    for i in range(config.max_steps_per_epoch):
+    for i in steps:
         idx = order[i * b : (i + 1) * b]
         step(Batch(cells=cells[idx], **{k: v[idx] for k, v in fields.items()}).channels_last(), 0, i)
     return config.max_steps_per_epoch * b / (time.monotonic() - started)
@@ -98,6 +104,7 @@ def main() -> None:
     if args.child:
         child(args.child[1], args.steps, Path(args.child[2]), args.child[0])
         return
+    enable_bars()  # not in the children: their output is read by the parent
     work = Path(tempfile.mkdtemp(prefix="calotwin-bench-train-"))
     try:
         report(args, work)

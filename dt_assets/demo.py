@@ -13,6 +13,10 @@ the generator's speed against the MC, the promotion decision and where to look. 
 are recorded in ``$DAGSTER_HOME`` (default ``$CALOTWIN_HOME/dagster``), so ``make ui`` shows them
 afterwards; ``make mlflow-ui`` shows the MLflow run and the registered model. Running it again
 does no work twice.
+
+Progress bars (tqdm, on stderr) follow the long work: the runs, the simulation of each, the
+training's steps, the MC reference and the generation. They come from the assets' own progress
+reporters (:mod:`dt_assets.progress`), switched to bars in this process; stdout keeps the summary.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import sys
 import time
 
 from .home import calotwin_home, ensure_dagster_home, ensure_home
+from .progress import Progress, echo, enable_bars
 
 GEOMETRY = "small_ecal_15x15x12"
 DEMO_RUNS = [
@@ -75,11 +80,11 @@ def _metadata(instance, key) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
+    enable_bars()
     home = ensure_home()
     ensure_dagster_home()
 
     import dagster as dg
-    from tqdm import tqdm
 
     from resources import ModelRegistry, compute_from_env, storage_from_env, tracking_resource
 
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     table = result.asset_materializations_for_node("simulation_runs")[0].metadata["runs"].value
     run_keys = [row.data["run"] for row in table.records]
     done = instance.get_materialized_partitions(preprocessed_showers.key)
-    for key in tqdm(run_keys, desc="raw + preprocessed showers", unit="run"):
+    for key in Progress(len(run_keys), "raw + preprocessed showers", "runs").wrap(run_keys):
         if key in done:
             continue
         result = dg.materialize(
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
         if failed:
-            print(f"run {key}: checks failed: {failed}", file=sys.stderr)
+            echo(f"run {key}: checks failed: {failed}", file=sys.stderr)
             return 1
 
     print(f"\n{'run':<22} {'events':>7} {'MB on disk':>11}  description")

@@ -6,10 +6,11 @@
 The torchrun, Slurm and Kubernetes computes (:mod:`resources.compute`) launch this with the Pipes
 bootstrap variables in the environment. Every rank reads the job from ``$CALOTWIN_TRAINING_JOB``
 (:class:`dt_assets.model.job.TrainingJob`) and trains; rank 0 alone opens Dagster Pipes and sends,
-per epoch, the progress line as a Dagster log message and the epoch's report as a custom message,
-then the result (device, world size, resumed epoch, checkpoint). The model itself travels through
-the checkpoint in storage. Without Pipes variables (a plain ``torchrun`` by hand) it trains and
-prints the same lines.
+within each epoch, a step line at the job's cadence (``progress_every_s``) as a Dagster log
+message; per epoch, the progress line as a Dagster log message and the epoch's report as a custom
+message; then the result (device, world size, resumed epoch, checkpoint). The model itself travels
+through the checkpoint in storage. Without Pipes variables (a plain ``torchrun`` by hand) it trains
+and prints the same lines. It draws no progress bars: its output goes to a log file.
 
 This module imports ``dagster_pipes`` (a small dependency-free package), not Dagster.
 """
@@ -24,7 +25,7 @@ from dataclasses import asdict
 import torch.distributed as dist
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
 
-from dt_assets.model.job import EPOCH_MESSAGE, RESULT_MESSAGE, TrainingJob, epoch_line, run_job
+from dt_assets.model.job import EPOCH_MESSAGE, RESULT_MESSAGE, StepProgress, TrainingJob, epoch_line, run_job
 from dt_assets.model.train import Distributed, EpochReport
 
 
@@ -35,14 +36,18 @@ def main() -> int:
     with ExitStack() as stack:
         pipes = stack.enter_context(open_dagster_pipes()) if use_pipes else None
 
-        def report(epoch: EpochReport) -> None:
-            line = epoch_line(epoch)
+        def log(line: str) -> None:
             print(line, flush=True)
             if pipes is not None:
                 pipes.log.info(line)
+
+        def report(epoch: EpochReport) -> None:
+            log(epoch_line(epoch))
+            if pipes is not None:
                 pipes.report_custom_message({"kind": EPOCH_MESSAGE, "report": asdict(epoch)})
 
-        result = run_job(job, [report])
+        with StepProgress(log, job.progress_every_s, bars=False) as steps:
+            result = run_job(job, [report], [steps])
         if pipes is not None:
             pipes.report_custom_message(
                 {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -21,6 +22,7 @@ from dt_assets import generate, load_generator
 from dt_assets.defs.model import gan_model
 from dt_assets.defs.pipeline import QUIET, materialize_training_set
 from dt_assets.model.job import JOB_ENV, TrainingJob
+from dt_assets.progress import EVERY_ENV
 from resources import KubernetesCompute, LocalCompute, LocalStorage, SlurmCompute, TorchrunCompute, tracking_resource
 from resources.compute import _Process, _SlurmJob, compute_from_config, compute_from_env
 
@@ -29,13 +31,15 @@ TRAIN = {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16}
 
 @pytest.fixture(scope="module")
 def data_home(tmp_path_factory: pytest.TempPathFactory):
-    """A data home with one small preprocessed run in the training set, and an instance."""
+    """A data home with one small preprocessed run in the training set, and an instance. Progress lines
+    come at every step ($CALOTWIN_PROGRESS_EVERY_S=0), so a training of two steps per epoch logs one."""
     home = tmp_path_factory.mktemp("compute") / "calotwin"
     with pytest.MonkeyPatch.context() as mp, dg.DagsterInstance.ephemeral() as instance:
         mp.setenv("CALOTWIN_HOME", str(home))
         mp.setenv("DAGSTER_HOME", str(home / "dagster"))
         mp.delenv("CALOTWIN_STORAGE_URL", raising=False)
         mp.delenv("CALOTWIN_COMPUTE_CONFIG", raising=False)
+        mp.setenv(EVERY_ENV, "0")
         sims = [{"n_events": 400, "energy_min_gev": 10.0, "energy_max_gev": 100.0, "geometry": SMALL, "seed": 4}]
         materialize_training_set(instance, {"storage": LocalStorage()}, sims)
         yield home, instance
@@ -64,7 +68,7 @@ def failure_message(result: dg.ExecuteInProcessResult) -> str:
 
 
 def assert_trained_and_reported(result: dg.ExecuteInProcessResult, data_home, metadata: dict) -> None:
-    """Two epochs trained; per-epoch metrics in MLflow and progress lines in the Dagster log."""
+    """Two epochs trained; per-epoch metrics in MLflow; step and epoch progress lines in the Dagster log."""
     home, instance = data_home
     assert metadata["epochs_trained"] == 2
     client = MlflowClient(f"sqlite:///{home}/mlflow/mlflow.db")
@@ -73,7 +77,11 @@ def assert_trained_and_reported(result: dg.ExecuteInProcessResult, data_home, me
     assert client.get_metric_history(metadata["mlflow_run_id"], "val_esum_over_ep_gan")
     messages = [r.user_message for r in instance.all_logs(result.run_id)]
     for epoch in (1, 2):
-        assert any(m.startswith(f"epoch {epoch}/2: d_real") for m in messages), messages
+        (step,) = [
+            i for i, m in enumerate(messages) if re.fullmatch(rf"epoch {epoch}/2: step 1/2, .* samples/s, .*", m)
+        ]
+        (end,) = [i for i, m in enumerate(messages) if m.startswith(f"epoch {epoch}/2: d_real")]
+        assert step < end, messages
     mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow/mlflow.db")
     showers = generate(load_generator(metadata["model_uri"]), 4, 50.0, 90.0, seed=1)
     assert showers.energy_deposit.shape[0] == 4
@@ -85,13 +93,19 @@ def slurm_compute(cluster, **fields) -> SlurmCompute:
 
 
 @pytest.fixture(scope="module")
-def local_metadata(data_home) -> dict:
-    return metadata_of(train_with(LocalCompute(), data_home, seed=1))
+def local_training(data_home) -> dg.ExecuteInProcessResult:
+    return train_with(LocalCompute(), data_home, seed=1)
 
 
-def test_in_process_training_reports_its_compute(local_metadata, data_home):
+@pytest.fixture(scope="module")
+def local_metadata(local_training) -> dict:
+    return metadata_of(local_training)
+
+
+def test_in_process_training_reports_its_compute(local_training, local_metadata, data_home):
     assert local_metadata["compute"] == "local (cpu)" and local_metadata["world_size"] == 1
     assert local_metadata["model_version"] == 1
+    assert_trained_and_reported(local_training, data_home, local_metadata)
 
 
 @pytest.mark.slow

@@ -9,8 +9,10 @@ it has:
 - :class:`SlurmCompute`: an ``sbatch`` script whose ``srun`` starts ``torchrun`` on each node.
 - :class:`KubernetesCompute`: a pod (through ``dagster-k8s``), e.g. on an interLink virtual node.
 
-The three out-of-process ones run :mod:`dt_assets.pipes_training` with Dagster Pipes: per-epoch log
-lines stream into the Dagster log, per-epoch reports arrive as custom messages (``on_epoch`` turns
+In-process, the epoch lines and, at the job's cadence (``progress_every_s``), the step lines within
+each epoch go to the Dagster log (with bars when the process turned them on: ``make demo``). The
+three out-of-process ones run :mod:`dt_assets.pipes_training` with Dagster Pipes: the same epoch
+and step lines stream into the Dagster log, per-epoch reports arrive as custom messages (``on_epoch`` turns
 them into MLflow metrics, as in-process) and the model comes back through the final checkpoint in
 storage, so the asset's metadata is the same whatever ran it. A failed external job fails the asset
 with the external reason (exit code, Slurm state, pod error) and the tail of its log.
@@ -45,6 +47,7 @@ from dt_assets.model.job import (
     EPOCH_MESSAGE,
     JOB_ENV,
     RESULT_MESSAGE,
+    StepProgress,
     TrainingJob,
     epoch_line,
     read_result,
@@ -91,7 +94,8 @@ class LocalCompute(ComputeResource):
             context.log.info(epoch_line(report))
             on_epoch(report)
 
-        result = run_job(replace(job, device=self.device or job.device), [log])
+        with StepProgress(context.log.info, job.progress_every_s) as steps:
+            result = run_job(replace(job, device=self.device or job.device), [log], [steps])
         return Trained(result=result, world_size=1, compute=f"local ({result.device})")
 
 

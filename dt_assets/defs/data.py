@@ -2,16 +2,15 @@
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import dagster as dg
 import numpy as np
-import xarray as xr
 
 from resources.storage import StorageResource
 
 from ..plots import longitudinal_profile_png
+from ..progress import Progress
 from ..runs import FileSpec, RunSpec, file_spec, spec_from_dict
 from ..showers.store import store_size_bytes, write_showers
 from ..showers.summary import ShowerSummary, summarised
@@ -75,23 +74,6 @@ def load_spec(storage: StorageResource, run_key: str) -> RunSpec:
     return spec_from_dict(storage.read_json(url))
 
 
-def logged_progress(
-    blocks: Iterable[xr.Dataset], total: int | None, log: Callable[[str], None], every_s: float = 10.0
-) -> Iterator[xr.Dataset]:
-    """Pass blocks through, logging events done, rate and ETA at most every ``every_s`` seconds."""
-    start = last = time.monotonic()
-    done = 0
-    for block in blocks:
-        yield block
-        done += block.sizes["event"]
-        now = time.monotonic()
-        if now - last >= every_s or (total is not None and done >= total):
-            rate = done / max(now - start, 1e-9)
-            eta = f", ETA {(total - done) / rate:.0f} s" if total else ""
-            log(f"{done}{'/' + str(total) if total else ''} events, {rate:.0f} events/s{eta}")
-            last = now
-
-
 @dg.asset(
     partitions_def=simulation_runs_partitions,
     deps=[simulation_runs],
@@ -110,13 +92,14 @@ def raw_showers(context: dg.AssetExecutionContext, storage: StorageResource) -> 
     summary = ShowerSummary()
     total = None if isinstance(spec, FileSpec) else spec.n_events
     started = time.monotonic()
-    write_showers(
-        summarised(logged_progress(spec.blocks(), total, context.log.info), summary),
-        url,
-        storage.options(),
-        overwrite=True,
-        attrs={"run_key": run_key, "run_spec": json.dumps(spec.to_dict(), sort_keys=True)},
-    )
+    with Progress(total, f"{'simulating' if total else 'reading'} {run_key}", log=context.log.info) as progress:
+        write_showers(
+            summarised(progress.wrap(spec.blocks(), lambda block: block.sizes["event"]), summary),
+            url,
+            storage.options(),
+            overwrite=True,
+            attrs={"run_key": run_key, "run_spec": json.dumps(spec.to_dict(), sort_keys=True)},
+        )
     seconds = time.monotonic() - started
     size = store_size_bytes(url, storage.options())
     png = longitudinal_profile_png(summary, title=f"{run_key}: mean longitudinal profile")

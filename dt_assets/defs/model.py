@@ -13,6 +13,7 @@ from ..model.registry import log_generator, set_alias
 from ..model.stream import TrainingData
 from ..model.train import EpochReport
 from ..plots import loss_curves_png
+from ..progress import STEPS_EVERY_S, cadence
 from .configs import GanModelConfig
 from .metadata import image
 from .preprocess import training_set
@@ -68,6 +69,7 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
         config=train_config.to_dict(),
         storage_options=storage.options(),
         warm_start=config.warm_start or None,
+        progress_every_s=cadence(STEPS_EVERY_S),
     )
     n_events = TrainingData(job.data, job.storage_options).n_events()
     context.log.info(

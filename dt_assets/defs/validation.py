@@ -20,6 +20,7 @@ from resources import ModelRegistry, StorageResource
 from ..model.generation import generate, load_generator
 from ..model.registry import alias_version, log_to_run, resolve_version, set_alias, tag_version, version_uri
 from ..physics.simulator import simulate
+from ..progress import Progress
 from ..showers.store import atomic_file, read_showers, sha256_json, url_to_fs, write_showers
 from ..validation.config import ValidationConfig
 from ..validation.promotion import decide_promotion, gates
@@ -71,7 +72,11 @@ def mc_reference(context: dg.AssetExecutionContext, config: ReferenceConfig, sto
     else:
         n_cells = len(grid.cells())
         context.log.info(f"simulating {2 * cfg.events_per_cell} events in each of {n_cells} cells ({key})")
-        showers = simulate_grid(grid, 2 * cfg.events_per_cell, config.geometry, config.particle, config.seed)
+        total = n_cells * 2 * cfg.events_per_cell
+        with Progress(total, f"simulating {key}", log=context.log.info) as progress:
+            showers = simulate_grid(
+                grid, 2 * cfg.events_per_cell, config.geometry, config.particle, config.seed, progress.update
+            )
         write_showers(showers, url, storage.options(), attrs={"run_key": key})
     storage.write_json(
         storage.validation_url("mc_reference.json"),
@@ -119,9 +124,12 @@ def generated_showers(
     )
     if not storage.exists(url):
         started = time.monotonic()
-        showers = generate_grid(
-            generator, cfg.conditions_grid(), cfg.events_per_cell, reference["particle"], config.seed
-        )
+        grid = cfg.conditions_grid()
+        total = len(grid.cells()) * cfg.events_per_cell
+        with Progress(total, f"generating with v{version.version}", log=context.log.info) as progress:
+            showers = generate_grid(
+                generator, grid, cfg.events_per_cell, reference["particle"], config.seed, progress.update
+            )
         showers.attrs["model_uri"] = version_uri(version)
         write_showers(showers, url, storage.options())
         context.log.info(f"generated {showers.sizes['event']} showers in {time.monotonic() - started:.1f} s")
@@ -319,9 +327,12 @@ def _champion_result(
         return read_result(storage, json_url)
     context.log.info(f"validating the champion (version {champion.version}) on the same reference and settings")
     generator = load_generator(version_uri(champion))
-    showers = generate_grid(
-        generator, cfg.conditions_grid(), cfg.events_per_cell, pointer["particle"], int(pointer["seed"])
-    )
+    grid = cfg.conditions_grid()
+    total = len(grid.cells()) * cfg.events_per_cell
+    with Progress(total, f"generating with the champion v{champion.version}", log=context.log.info) as progress:
+        showers = generate_grid(
+            generator, grid, cfg.events_per_cell, pointer["particle"], int(pointer["seed"]), progress.update
+        )
     result = validate(read_showers(pointer["reference_url"], storage.options(), validate=False), showers, cfg)
     _publish(storage, result, folder, champion.run_id)
     return result

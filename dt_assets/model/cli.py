@@ -5,6 +5,11 @@
 
     torchrun --nproc_per_node 2 -m dt_assets.model.cli train ...   # DDP, gloo on CPU, NCCL on GPUs
 
+Rank 0 prints a line per epoch. Within each epoch it draws progress bars (steps, rate, ETA) on
+stderr when stderr is a terminal, else (torchrun into a log file, Slurm, a pod) it prints a step line
+every ``--progress-every-s`` seconds (default 30, or ``$CALOTWIN_PROGRESS_EVERY_S``); ``--no-bars``
+asks for the lines on a terminal too.
+
 ``--report FILE`` writes, per rank (``FILE`` with ``{rank}`` filled in), a JSON line with the rank, the
 world size, the device, a checksum of the generator's weights and the loss history.
 """
@@ -20,6 +25,8 @@ import torch
 import torch.distributed as dist
 
 from ..physics.geometry import get_geometry
+from ..progress import STEPS_EVERY_S, cadence, echo, enable_bars
+from .job import StepProgress
 from .stream import TrainingData
 from .train import Distributed, EpochReport, TrainConfig, train
 
@@ -49,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm-start", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--report", default=None, help="JSON report per rank; '{rank}' is replaced")
+    p.add_argument(
+        "--progress-every-s",
+        type=float,
+        default=None,
+        help=f"seconds between step lines when no bars are drawn (default {STEPS_EVERY_S:.0f})",
+    )
+    p.add_argument("--no-bars", action="store_true", help="step lines instead of progress bars on a terminal")
     args = parser.parse_args(argv)
 
     config = TrainConfig(
@@ -60,24 +74,31 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     ctx = Distributed.from_env()
+    every_s = cadence(STEPS_EVERY_S) if args.progress_every_s is None else args.progress_every_s
+    if every_s < 0:
+        parser.error(f"--progress-every-s must be >= 0, got {every_s}")
+    bars = ctx.is_main and not args.no_bars and sys.stderr.isatty()
+    if bars:
+        enable_bars()
 
     def progress(report: EpochReport) -> None:
         losses = ", ".join(f"{k} {report.metrics[k]:.3g}" for k in ("d_real", "d_fake", "g") if k in report.metrics)
-        print(
+        echo(
             f"epoch {report.epoch + 1}/{report.epochs}: {losses}; {report.samples_per_second:.0f} samples/s, "
-            f"ETA {report.eta_seconds:.0f} s",
-            flush=True,
+            f"ETA {report.eta_seconds:.0f} s"
         )
 
-    result = train(
-        TrainingData(args.data),
-        config,
-        args.checkpoint,
-        get_geometry(args.geometry),
-        warm_start=args.warm_start,
-        callbacks=[progress],
-        device=args.device,
-    )
+    with StepProgress(None if bars else echo, every_s, bars=bars) as steps:
+        result = train(
+            TrainingData(args.data),
+            config,
+            args.checkpoint,
+            get_geometry(args.geometry),
+            warm_start=args.warm_start,
+            callbacks=[progress],
+            device=args.device,
+            on_step=[steps],
+        )
     if args.report:
         record = {
             "rank": ctx.rank,

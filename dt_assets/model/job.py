@@ -3,29 +3,34 @@
 :class:`TrainingJob` travels as JSON (``to_json``/``from_json``). :func:`run_job` trains it with
 :func:`dt_assets.model.train.train`; :func:`read_result` rebuilds the :class:`TrainResult` from the
 final checkpoint, which is how the orchestrator gets the model of a training that ran elsewhere.
-:func:`epoch_line` is the one-line progress message every compute prints per epoch, and
-:func:`report_from_dict` rebuilds an :class:`EpochReport` sent as JSON.
+:func:`epoch_line` is the one-line progress message every compute prints per epoch,
+:class:`StepProgress` logs the steps within an epoch at a steady cadence (and draws bars when they
+are on), and :func:`report_from_dict` rebuilds an :class:`EpochReport` sent as JSON.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..physics.geometry import get_geometry
+from ..progress import STEPS_EVERY_S, Progress, Snapshot, duration, rate_text
 from .gan3d import Discriminator
 from .generation import generator_from_payload
 from .step import TrainConfig
 from .stream import TrainingData
-from .train import CHECKPOINT_FILE, EpochReport, TrainResult, read_checkpoint, train
+from .train import CHECKPOINT_FILE, EpochReport, StepReport, TrainResult, read_checkpoint, train
 
 __all__ = [
     "EPOCH_MESSAGE",
     "JOB_ENV",
     "RESULT_MESSAGE",
+    "StepProgress",
     "TrainingJob",
     "epoch_line",
     "read_result",
@@ -42,7 +47,8 @@ RESULT_MESSAGE = "result"
 
 @dataclass(frozen=True)
 class TrainingJob:
-    """One training: the preprocessed stores, the checkpoint folder, the geometry and the settings."""
+    """One training: the preprocessed stores, the checkpoint folder, the geometry and the settings,
+    and how often (seconds) rank 0 logs the steps within an epoch."""
 
     data: list[str]
     checkpoint_dir: str
@@ -51,10 +57,15 @@ class TrainingJob:
     storage_options: dict[str, Any] = field(default_factory=dict)
     warm_start: str | None = None
     device: str | None = None
+    progress_every_s: float = STEPS_EVERY_S
 
     def __post_init__(self) -> None:
         if not self.data:
             raise ValueError("a training job needs at least one preprocessed store")
+        if not (isinstance(self.progress_every_s, int | float) and math.isfinite(self.progress_every_s)):
+            raise ValueError(f"training job: progress_every_s must be a number, got {self.progress_every_s!r}")
+        if self.progress_every_s < 0:
+            raise ValueError(f"training job: progress_every_s must be >= 0, got {self.progress_every_s}")
         get_geometry(self.geometry)  # raises on an unknown preset
         self.train_config()  # raises on a bad setting, naming it
 
@@ -99,8 +110,13 @@ class TrainingJob:
             return cls.from_json(handle.read())
 
 
-def run_job(job: TrainingJob, callbacks: Sequence[Callable[[EpochReport], None]] = ()) -> TrainResult:
-    """Train (or resume) the job in this process; under torchrun every rank calls this."""
+def run_job(
+    job: TrainingJob,
+    callbacks: Sequence[Callable[[EpochReport], None]] = (),
+    on_step: Sequence[Callable[[StepReport], None]] = (),
+) -> TrainResult:
+    """Train (or resume) the job in this process; under torchrun every rank calls this (rank 0 alone
+    calls ``callbacks`` per epoch and ``on_step`` per step)."""
     return train(
         TrainingData(job.data, job.storage_options),
         job.train_config(),
@@ -110,6 +126,7 @@ def run_job(job: TrainingJob, callbacks: Sequence[Callable[[EpochReport], None]]
         warm_start=job.warm_start,
         callbacks=callbacks,
         device=job.device,
+        on_step=on_step,
     )
 
 
@@ -159,3 +176,80 @@ def report_from_dict(payload: Mapping[str, Any]) -> EpochReport:
         eta_seconds=float(payload["eta_seconds"]),
         metrics={k: float(v) for k, v in payload.get("metrics", {}).items()},
     )
+
+
+def step_line(epoch: int, epochs: int, snap: Snapshot, samples: int) -> str:
+    """The progress line within an epoch: "epoch 2/4: step 120/500, 48 samples/s, epoch ETA 80 s"."""
+    rate = samples / snap.elapsed_s if snap.elapsed_s > 0 else 0.0
+    eta = f", epoch ETA {duration(snap.eta_s)}" if snap.eta_s is not None else ""
+    return f"epoch {epoch + 1}/{epochs}: step {snap.done}/{snap.total}, {rate_text(rate)} samples/s{eta}"
+
+
+class StepProgress:
+    """The steps of a training, fed :class:`StepReport` by :func:`train`'s ``on_step``.
+
+    Within each epoch it sends :func:`step_line` to ``log`` at most every ``every_s`` seconds (no
+    line at an epoch's end: the epoch line follows); when bars are on (``bars``, default
+    :func:`dt_assets.progress.bars_enabled`) it draws a bar over the training's steps and one per
+    epoch. Use it as a context manager, so bars close even when the training fails.
+    """
+
+    def __init__(
+        self,
+        log: Callable[[str], None] | None,
+        every_s: float = STEPS_EVERY_S,
+        *,
+        bars: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if every_s < 0:
+            raise ValueError(f"every_s must be >= 0, got {every_s}")
+        self.log = log
+        self.every_s = every_s
+        self.bars = bars
+        self.clock = clock
+        self.epoch: Progress | None = None
+        self.run: Progress | None = None
+        self.epoch_index = -1
+        self.samples = 0
+
+    def __call__(self, report: StepReport) -> None:
+        if self.run is None:
+            total = (report.epochs - report.start_epoch) * report.steps
+            self.run = Progress(total, "training", "steps", bars=self.bars, clock=self.clock)
+        if self.epoch is None or report.epoch != self.epoch_index:
+            if self.epoch is not None:
+                self.epoch.close()
+            self.epoch_index = report.epoch
+            self.epoch = Progress(
+                report.steps,
+                f"epoch {report.epoch + 1}/{report.epochs}",
+                "steps",
+                self.log,
+                self.every_s,
+                bars=self.bars,
+                line=lambda snap, e=report.epoch, n=report.epochs: step_line(e, n, snap, self.samples),
+                final_line=False,
+                clock=self.clock,
+                started=self.clock() - report.seconds,
+            )
+        self.samples = report.samples
+        new = report.step - self.epoch.done
+        self.run.update(new)
+        self.epoch.update(new)
+        if report.step >= report.steps:
+            self.epoch.close()
+            if report.epoch + 1 >= report.epochs:
+                self.run.close()
+
+    def close(self) -> None:
+        """Close the bars (a training that ended early or failed)."""
+        for progress in (self.epoch, self.run):
+            if progress is not None:
+                progress.close(final=False)
+
+    def __enter__(self) -> StepProgress:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()

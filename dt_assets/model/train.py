@@ -39,6 +39,7 @@ from .stream import TrainingData
 
 __all__ = [
     "EpochReport",
+    "StepReport",
     "TrainConfig",
     "TrainResult",
     "TrainingCollapsedError",
@@ -60,6 +61,19 @@ class EpochReport:
     samples_per_second: float
     eta_seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """One finished training step (rank 0's view; samples count all ranks)."""
+
+    epoch: int
+    epochs: int
+    step: int  # steps done in this epoch, this one included
+    steps: int  # steps per epoch
+    samples: int  # samples trained on in this epoch so far, all ranks
+    seconds: float  # since this epoch started
+    start_epoch: int  # the epoch this training started (or resumed) at
 
 
 @dataclass
@@ -111,8 +125,13 @@ def train(
     warm_start: str | None = None,
     callbacks: Sequence[Callable[[EpochReport], None]] = (),
     device: str | None = None,
+    on_step: Sequence[Callable[[StepReport], None]] = (),
 ) -> TrainResult:
-    """Train (or resume training) a 3DGAN on ``data``; see the module docstring."""
+    """Train (or resume training) a 3DGAN on ``data``; see the module docstring.
+
+    On rank 0, each of ``callbacks`` gets every finished epoch's :class:`EpochReport` (after its
+    checkpoint is written) and each of ``on_step`` every finished step's :class:`StepReport`.
+    """
     ctx = Distributed.from_env()
     dev = pick_device(ctx, device)
     if ctx.world_size > 1 and not dist.is_initialized():
@@ -120,7 +139,10 @@ def train(
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     torch.manual_seed(config.seed * 1000 + ctx.rank)
-    if data.steps_per_epoch(config.batch_size, ctx.world_size) == 0:
+    steps_per_epoch = data.steps_per_epoch(config.batch_size, ctx.world_size)
+    if config.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    if steps_per_epoch == 0:
         raise ValueError(
             f"{data.n_events()} training events are fewer than one batch of {config.batch_size} per rank "
             f"x {ctx.world_size} rank(s)"
@@ -189,6 +211,18 @@ def train(
                 sums[key] = sums.get(key, 0.0) + value
             n_steps += 1
             samples += len(batch)
+            if ctx.is_main and on_step:
+                progress = StepReport(
+                    epoch=epoch,
+                    epochs=config.epochs,
+                    step=n_steps,
+                    steps=steps_per_epoch,
+                    samples=samples * ctx.world_size,
+                    seconds=time.monotonic() - started,
+                    start_epoch=start_epoch,
+                )
+                for hook in on_step:
+                    hook(progress)
         seconds = time.monotonic() - started
         metrics = {k: v / max(n_steps, 1) for k, v in sums.items()}
         if ctx.is_main:
