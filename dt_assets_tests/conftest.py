@@ -54,3 +54,21 @@ def demo_home(tmp_path_factory) -> tuple[Path, str]:
     run = subprocess.run(["make", "demo"], cwd=REPO, env=make_env(home), capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return home, run.stdout
+
+
+def register_untrained_generator(alias: str = "challenger", seed: int = 0, name: str = "calotwin-3dgan") -> str:
+    """An untrained small-preset generator, registered in ``$CALOTWIN_HOME``'s MLflow with ``alias``; its version."""
+    import mlflow
+    import torch
+
+    from dt_assets import build_generator
+    from dt_assets.model.registry import default_tracking_uri, ensure_experiment, log_generator, set_alias
+
+    uri = default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=ensure_experiment("calotwin", uri))
+    torch.manual_seed(seed)
+    with mlflow.start_run():
+        version = log_generator(build_generator(SMALL), name)
+    set_alias(alias, version.version, name)
+    return version.version

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import dagster as dg
 import h5py
-import mlflow
 import numpy as np
 import pytest
-import torch
 
-from conftest import SMALL
-from dt_assets import build_generator, simulate
+from conftest import SMALL, register_untrained_generator
+from dt_assets import simulate
 from dt_assets.defs.data import raw_showers, simulation_runs
 from dt_assets.defs.loop import (
     LOOP_TAG,
@@ -35,7 +33,6 @@ from dt_assets.defs.preprocess import preprocessed_showers, training_set
 from dt_assets.defs.twin_settings import TwinSettings, load_settings
 from dt_assets.home import ensure_dagster_home
 from dt_assets.landing import Landing
-from dt_assets.model.registry import default_tracking_uri, ensure_experiment, log_generator, set_alias
 from dt_assets.showers.hdf5 import write_hdf5
 from dt_assets.twin import LOOP_SENSORS
 from resources import LocalCompute, LocalStorage, ModelRegistry, tracking_resource
@@ -182,14 +179,7 @@ def test_a_tick_whose_result_was_lost_is_made_good_by_the_next(home, storage, in
 
 def register_champion(seed: int) -> str:
     """An (untrained) small generator registered as a new version and made champion."""
-    uri = default_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=ensure_experiment("calotwin", uri))
-    torch.manual_seed(seed)
-    with mlflow.start_run():
-        version = log_generator(build_generator(SMALL), MODEL)
-    set_alias("champion", version.version, MODEL)
-    return version.version
+    return register_untrained_generator("champion", seed, MODEL)
 
 
 def ingest(instance, storage, key_seed: int) -> str:

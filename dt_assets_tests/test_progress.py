@@ -6,17 +6,15 @@ from __future__ import annotations
 import re
 
 import dagster as dg
-import mlflow
 import pytest
 import torch
 
-from conftest import SMALL
-from dt_assets import build_generator, get_geometry, simulate_blocks
+from conftest import SMALL, register_untrained_generator
+from dt_assets import get_geometry, simulate_blocks
 from dt_assets.defs.data import raw_showers, simulation_runs
 from dt_assets.defs.validation import generated_showers, mc_reference
 from dt_assets.model.job import StepProgress, step_line
 from dt_assets.model.preprocess import preprocess_blocks
-from dt_assets.model.registry import default_tracking_uri, ensure_experiment, log_generator, set_alias
 from dt_assets.model.stream import TrainingData
 from dt_assets.model.train import StepReport, TrainConfig, train
 from dt_assets.progress import (
@@ -253,19 +251,9 @@ def test_raw_showers_logs_its_progress_in_dagster(home, instance, monkeypatch):
     assert re.fullmatch(rf"simulating {key}: 300/300 events, \d+ events/s, done in \d+ s", lines[1])
 
 
-def register_untrained_generator() -> None:
-    uri = default_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=ensure_experiment("calotwin", uri))
-    torch.manual_seed(1)
-    with mlflow.start_run():
-        version = log_generator(build_generator(SMALL), "calotwin-3dgan")
-    set_alias("challenger", version.version, "calotwin-3dgan")
-
-
 def test_the_mc_reference_and_the_generation_log_their_progress_per_cell(home, instance, monkeypatch):
     monkeypatch.setenv(EVERY_ENV, "0")
-    register_untrained_generator()
+    register_untrained_generator(seed=1)
     reference = {"geometry": SMALL, "events_per_cell": 10, "n_energies": 2, "angles_deg": [90.0]}
     result = dg.materialize(
         [mc_reference, generated_showers],

@@ -14,16 +14,12 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import mlflow
 import pytest
-import torch
 
-from conftest import REPO, SMALL
-from dt_assets import build_generator
+from conftest import REPO, SMALL, register_untrained_generator
 from dt_assets.definitions import defs
 from dt_assets.defs.validation import generated_showers, mc_reference, validation_checks, validation_report
 from dt_assets.home import ensure_dagster_home, ensure_home
-from dt_assets.model.registry import default_tracking_uri, ensure_experiment, log_generator, set_alias
 from dt_assets.twin import DagsterDev, graphql
 from resources import LocalStorage, ModelRegistry
 
@@ -72,13 +68,7 @@ def ui(tmp_path_factory):
             mp.setenv(key, env[key])
         ensure_home()
         ensure_dagster_home()
-        uri = default_tracking_uri()
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(experiment_id=ensure_experiment("calotwin", uri))
-        torch.manual_seed(0)
-        with mlflow.start_run():
-            version = log_generator(build_generator(SMALL), "calotwin-3dgan")
-        set_alias("challenger", version.version, "calotwin-3dgan")
+        register_untrained_generator()
         with dg.DagsterInstance.get() as instance:
             dg.materialize(
                 [mc_reference, generated_showers, validation_report, *validation_checks],
@@ -141,6 +131,7 @@ def test_the_validation_report_renders_its_plots_and_summary_table(ui, page):
     table.first.wait_for()
     cells = table.first.locator("td").all_inner_texts()
     assert "fpd" in cells and "coverage" in cells and "classifier_auc" in cells
+    table.first.scroll_into_view_if_needed()  # the screenshot shows the table, not only the page's top
     page.screenshot(path=screenshots() / "validation_report.png")
     # the plots are images: each markdown entry opens into decoded PNGs, not base64 text
     for key in ("coverage_map", "longitudinal_profiles"):
