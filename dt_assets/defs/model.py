@@ -9,6 +9,7 @@ import mlflow
 from ..model.gan3d import parameter_count
 from ..model.job import TrainingJob
 from ..model.manifest import runs_for, training_key
+from ..model.record import RECORD_TAG, build_record, log_record, save_beside_checkpoint
 from ..model.registry import log_generator, set_alias
 from ..model.stream import TrainingData
 from ..model.train import EpochReport
@@ -81,6 +82,16 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
     mlflow.log_params({"compute": trained.compute, "world_size": trained.world_size})
     if result.resumed_from_epoch:
         context.log.info(f"resumed from the checkpoint after epoch {result.resumed_from_epoch}")
+    record = build_record(
+        job,
+        [r["run"] for r in runs],
+        result.device,
+        trained.world_size,
+        result.resumed_from_epoch,
+        training_key=key,
+    )
+    record_uri = log_record(record)
+    save_beside_checkpoint(record, job)
     png = loss_curves_png(result.history, title=f"3DGAN on {config.geometry}")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "loss_curves.png").write_bytes(png)
@@ -94,6 +105,7 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
             "geometry": config.geometry,
             "training_key": key,
             "checkpoint": result.checkpoint_url,
+            RECORD_TAG: record.checksum(),
         },
     )
     set_alias(CHALLENGER, version.version, config.registered_model_name)
@@ -110,6 +122,7 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
             "geometry": config.geometry,
             "warm_start": config.warm_start or "none",
             "checkpoint": dg.MetadataValue.path(result.checkpoint_url),
+            "reproducibility_record": dg.MetadataValue.path(record_uri),
             "generator_parameters": parameter_count(result.generator),
             "discriminator_parameters": parameter_count(result.discriminator),
             "epochs_trained": len(result.history) - result.resumed_from_epoch,

@@ -10,6 +10,14 @@ stderr when stderr is a terminal, else (torchrun into a log file, Slurm, a pod) 
 every ``--progress-every-s`` seconds (default 30, or ``$CALOTWIN_PROGRESS_EVERY_S``); ``--no-bars``
 asks for the lines on a terminal too.
 
+``reproduce`` trains a registered version again from its reproducibility record (on the CPU, into an
+empty checkpoint folder) and says whether the weights equal the registered generator's::
+
+    python -m dt_assets.model.cli reproduce --model-uri models:/calotwin-3dgan/1 --checkpoint DIR
+
+It exits 0 when they are bit-identical, 1 when they differ (the line gives the largest difference) and
+2 when the record's data changed or went missing.
+
 ``--report FILE`` writes, per rank (``FILE`` with ``{rank}`` filled in), a JSON line with the rank, the
 world size, the device, a checksum of the generator's weights and the loss history.
 """
@@ -63,7 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"seconds between step lines when no bars are drawn (default {STEPS_EVERY_S:.0f})",
     )
     p.add_argument("--no-bars", action="store_true", help="step lines instead of progress bars on a terminal")
+    r = commands.add_parser("reproduce", help="train a registered version again from its reproducibility record")
+    r.add_argument("--model-uri", required=True, help="models:/name/N or models:/name@alias")
+    r.add_argument("--checkpoint", required=True, help="an empty checkpoint folder for the new training")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: CaloTwin's, see README)")
     args = parser.parse_args(argv)
+    if args.command == "reproduce":
+        return reproduce_command(args.model_uri, args.checkpoint, args.device, args.tracking_uri)
 
     config = TrainConfig(
         epochs=args.epochs,
@@ -113,6 +128,32 @@ def main(argv: list[str] | None = None) -> int:
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def reproduce_command(model_uri: str, checkpoint: str, device: str = "cpu", tracking_uri: str | None = None) -> int:
+    """The ``reproduce`` subcommand: rebuild, compare with the registered weights, print the verdict."""
+    import mlflow
+
+    from .record import DataChangedError, compare_weights, read_record, reproduce
+    from .registry import default_tracking_uri, download_generator
+
+    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    record = read_record(model_uri)
+    env = record.environment
+    echo(
+        f"{model_uri}: {len(record.data)} store(s), seed {record.config['seed']}, stages {record.stages}, "
+        f"trained on {env['device']} x{env['world_size']} with {env['torch_threads']} thread(s), "
+        f"code {record.code_version} ({record.git_commit or 'no git commit'})"
+    )
+    try:
+        result = reproduce(record, checkpoint, device=device)
+    except DataChangedError as exc:
+        echo(f"cannot reproduce: {exc}")
+        return 2
+    equal, worst = compare_weights(result.generator, download_generator(model_uri))
+    verdict = "bit-identical to" if equal else "DIFFERENT from"
+    echo(f"rebuilt weights are {verdict} the registered generator's (max abs difference {worst:.3g})")
+    return 0 if equal else 1
 
 
 if __name__ == "__main__":
