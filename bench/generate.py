@@ -1,25 +1,30 @@
 """Benchmark: 3DGAN generation at the reference 51x51x25 geometry on this machine's CPU.
 
 Showers/s of the reference generator (``dt_assets.generate``'s network, no preprocessing
-inversion) for batch sizes 1, 16 and 128; the FLOPs of one shower counted by
+inversion) for batch sizes 1, 16 and 128, in PyTorch and, beside it, exported to ONNX and run by
+ONNX Runtime on the CPU (``dt_assets.model.export``: the graph an MC framework runs, which also
+inverts the preprocessing and applies the threshold, a negligible elementwise cost); the FLOPs of one shower counted by
 ``torch.utils.flop_counter``; the achieved GFLOP/s against a large fp32 matmul measured in the same
 run; and beside them the Monte Carlo's showers/s at 100 GeV on the same geometry. Prints a table,
 then one JSON line.
 
-    .venv/bin/python bench/generate.py [--seconds 5]
+    .venv/bin/python bench/generate.py [--seconds 5] [--batches 1 16 128]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dt_assets import build_generator, get_geometry
+from dt_assets.model.export import INPUTS, example_inputs, export_onnx, onnx_session
 from dt_assets.model.gan3d import Discriminator
 from dt_assets.model.step import Batch, GANStep, TrainConfig
 from dt_assets.physics.simulator import GFlashSimulator, sample_conditions
@@ -41,6 +46,17 @@ def showers_per_second(generator, batch: int, seconds: float) -> float:
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or done == 0:
         generator(latent)
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def onnx_showers_per_second(session, generator, batch: int, seconds: float) -> float:
+    """The exported generator under ONNX Runtime (as many threads as PyTorch uses)."""
+    feed = {name: t.numpy() for name, t in zip(INPUTS, example_inputs(generator, batch), strict=True)}
+    session.run(None, feed)  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or done == 0:
+        session.run(None, feed)
         done += batch
     return done / (time.perf_counter() - start)
 
@@ -68,16 +84,22 @@ def reference_training_seconds_per_sample(batch: int = 8) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="minimum time per measurement")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128], help="batch sizes to time")
     args = parser.parse_args()
     generator = build_generator().eval()  # the reference architecture
+    tmp = tempfile.TemporaryDirectory()
+    session = onnx_session(export_onnx(generator, Path(tmp.name) / "generator.onnx"), torch.get_num_threads())
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         generator(torch.randn(1, 256))
     flops = counter.get_total_flops()
     peak = matmul_gflops()
     rows = []
-    for batch in (1, 16, 128):
+    for batch in args.batches:
         rate = showers_per_second(generator, batch, args.seconds)
-        rows.append({"batch": batch, "showers_per_s": rate, "gflops": rate * flops / 1e9})
+        onnx_rate = onnx_showers_per_second(session, generator, batch, args.seconds)
+        row = {"batch": batch, "showers_per_s": rate, "gflops": rate * flops / 1e9}
+        rows.append(row | {"onnxruntime_showers_per_s": onnx_rate})
+    tmp.cleanup()
     peak = max(peak, matmul_gflops())
     for row in rows:
         row["fraction_of_matmul"] = row["gflops"] / peak
@@ -92,9 +114,12 @@ def main() -> None:
         f"reference 3DGAN generator, {torch.get_num_threads()} CPU threads: {flops / 1e9:.2f} GFLOP per shower; "
         f"fp32 matmul {peak:.0f} GFLOP/s"
     )
-    print(f"{'batch':>6} {'showers/s':>10} {'GFLOP/s':>8} {'of matmul':>10}")
+    print(f"{'batch':>6} {'showers/s':>10} {'GFLOP/s':>8} {'of matmul':>10} {'ORT showers/s':>14}")
     for r in rows:
-        print(f"{r['batch']:>6} {r['showers_per_s']:>10.1f} {r['gflops']:>8.1f} {r['fraction_of_matmul']:>10.0%}")
+        print(
+            f"{r['batch']:>6} {r['showers_per_s']:>10.1f} {r['gflops']:>8.1f} {r['fraction_of_matmul']:>10.0%} "
+            f"{r['onnxruntime_showers_per_s']:>14.1f}"
+        )
     print(f"Monte Carlo at 100 GeV on the same grid: {mc_rate:.0f} showers/s")
     train_s = reference_training_seconds_per_sample()
     print(f"one reference training step (batch 8): {train_s:.2f} s per sample")

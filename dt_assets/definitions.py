@@ -5,6 +5,7 @@ import dagster as dg
 from resources import ModelRegistry, compute_from_env, storage_from_env, tracking_resource
 
 from .defs.data import raw_showers, simulation_runs
+from .defs.export import exported_generator
 from .defs.jobs import (
     ingest_runs_job,
     promote_job,
@@ -37,6 +38,7 @@ defs = dg.Definitions(
         validation_report,
         champion_model,
         speed_benchmark,
+        exported_generator,
         quarantined_files,
     ],
     asset_checks=validation_checks,

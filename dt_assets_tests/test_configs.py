@@ -47,6 +47,7 @@ def test_the_assets_with_a_launchpad_form_are_found_in_the_definitions():
         "validation_report",
         "champion_model",
         "speed_benchmark",
+        "exported_generator",
     ]
 
 

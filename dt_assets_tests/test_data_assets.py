@@ -60,6 +60,7 @@ def test_definitions_load_with_the_pinned_graph():
         "validation_report",
         "champion_model",
         "speed_benchmark",
+        "exported_generator",
         "quarantined_files",
     }
     assert {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys} == {
@@ -80,6 +81,7 @@ def test_definitions_load_with_the_pinned_graph():
         "validation_report": {"generated_showers", "mc_reference"},
         "champion_model": {"validation_report"},
         "speed_benchmark": {"gan_model"},
+        "exported_generator": {"champion_model"},
     }
     for child, parents in lineage.items():
         assert {k.to_user_string() for k in graph.get(dg.AssetKey(child)).parent_keys} == parents, child

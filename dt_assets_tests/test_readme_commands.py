@@ -131,6 +131,7 @@ def test_make_ui_serves_the_assets_with_metadata_and_checks(demo_home):
             ("validation_report",),
             ("champion_model",),
             ("speed_benchmark",),
+            ("exported_generator",),
             ("quarantined_files",),
         }
         # `make ui` runs the self-driving loop: its sensors are on, its schedules wait for a user

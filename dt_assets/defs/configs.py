@@ -299,3 +299,22 @@ class SpeedBenchmarkConfig(dg.Config):
 
     def resolved_uri(self) -> str:
         return self.model_uri or f"models:/{self.registered_model_name}@challenger"
+
+
+class ExportedGeneratorConfig(dg.Config):
+    """Export of a registered generator as ONNX and TorchScript for an MC framework (e.g. Geant4 with ONNX Runtime)."""
+
+    model_uri: str = Field(
+        default="", description="Generator to export (models:/name@alias or models:/name/N); empty: the champion."
+    )
+    registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
+    check_events: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Showers at random conditions on which ONNX Runtime is checked against PyTorch.",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the check's noise and conditions.")
+
+    def resolved_uri(self) -> str:
+        return self.model_uri or f"models:/{self.registered_model_name}@champion"

@@ -1,0 +1,180 @@
+"""The generator exported for an MC framework: ONNX (checked with ONNX Runtime) and TorchScript, and its asset."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import dagster as dg
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import REPO, SMALL, register_untrained_generator
+from dt_assets import build_generator, generate
+from dt_assets.defs.export import exported_generator
+from dt_assets.model.export import (
+    INPUTS,
+    MAX_RELATIVE_ERROR,
+    OPSET,
+    OUTPUT,
+    ExportedGenerator,
+    ExportError,
+    check_onnx,
+    example_inputs,
+    export_onnx,
+    export_torchscript,
+    interface,
+    onnx_session,
+    relative_error,
+)
+from resources import LocalStorage, ModelRegistry
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@pytest.fixture(scope="module")
+def generator():
+    torch.manual_seed(3)
+    return build_generator(SMALL).eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_file(generator, tmp_path_factory):
+    return export_onnx(generator, tmp_path_factory.mktemp("export") / "generator.onnx")
+
+
+def run_onnx(path, inputs) -> np.ndarray:
+    (out,) = onnx_session(path).run([OUTPUT], dict(zip(INPUTS, (t.numpy() for t in inputs), strict=True)))
+    return out
+
+
+def test_onnx_runtime_matches_pytorch_in_mev_for_any_batch_size(generator, onnx_file):
+    model = onnx.load(str(onnx_file))
+    onnx.checker.check_model(model)
+    assert {o.domain or "ai.onnx": o.version for o in model.opset_import}["ai.onnx"] == OPSET
+    assert [i.name for i in model.graph.input] == list(INPUTS)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    wrapper = ExportedGenerator(generator).eval()
+    threshold_mev = generator.transform.threshold * generator.transform.mev_per_unit
+    for n in (1, 5, 33):  # the batch axis is dynamic: none of these is the 2 the graph was traced with
+        inputs = example_inputs(generator, n, seed=n)
+        out = run_onnx(onnx_file, inputs)
+        with torch.no_grad():
+            expected = wrapper(*inputs).numpy()
+        assert out.shape == (n, *generator.geometry.shape) and out.dtype == np.float32
+        assert relative_error(out, expected, threshold_mev) <= MAX_RELATIVE_ERROR
+        # MeV: the untrained net's showers hold tens of GeV; nothing below the cut survives but zeros
+        assert out.sum(axis=(1, 2, 3)).min() > 1000
+        assert not ((out > 0) & (out < threshold_mev)).any()
+    error = check_onnx(generator, onnx_file, n=16, seed=1)
+    assert 0 < error <= MAX_RELATIVE_ERROR
+
+
+def test_the_check_refuses_an_export_of_another_model(generator, onnx_file):
+    torch.manual_seed(4)
+    with pytest.raises(ExportError, match="differs from PyTorch by a relative"):
+        check_onnx(build_generator(SMALL).eval(), onnx_file, n=4)
+
+
+def test_the_wrapper_is_generate_for_the_same_noise_and_conditions(generator):
+    showers = generate(generator, 12, (1.0, 500.0), (60.0, 120.0), seed=7, device="cpu")
+    noise = torch.randn(12, generator.arch.latent_size - 2, generator=torch.Generator().manual_seed(7))
+    energy = torch.as_tensor(showers["primary_energy"].values, dtype=torch.float32)
+    theta = torch.as_tensor(showers["theta"].values, dtype=torch.float32)
+    deposits = showers["energy_deposit"].values
+    with torch.no_grad():
+        raw = ExportedGenerator(generator, apply_threshold=False)(noise, energy, theta).numpy()
+        cut = ExportedGenerator(generator)(noise, energy, theta).numpy()
+    np.testing.assert_array_equal(raw, deposits)
+    threshold_mev = generator.transform.threshold * generator.transform.mev_per_unit
+    np.testing.assert_array_equal(cut, np.where(deposits < threshold_mev, 0, deposits))
+
+
+def test_torchscript_loads_and_matches(generator, tmp_path):
+    path = export_torchscript(generator, tmp_path / "generator.pt")
+    loaded = torch.jit.load(str(path))
+    for n in (1, 6):
+        inputs = example_inputs(generator, n, seed=10 + n)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(*inputs), ExportedGenerator(generator)(*inputs), rtol=1e-6, atol=1e-4)
+
+
+def test_the_interface_names_shapes_and_units(generator):
+    record = json.loads(json.dumps(interface(generator, "models:/calotwin-3dgan/3")))
+    assert [(i["name"], i["shape"], i["units"]) for i in record["inputs"]] == [
+        ("noise", ["batch", 254], ""),
+        ("energy_gev", ["batch"], "GeV"),
+        ("theta_rad", ["batch"], "rad"),
+    ]
+    assert record["outputs"] == [
+        {
+            "name": "deposits_mev",
+            "shape": ["batch", 15, 15, 12],
+            "dtype": "float32",
+            "units": "MeV",
+            "description": "energy deposited per cell (x, y, z); cells below threshold_mev are 0",
+        }
+    ]
+    assert record["threshold_mev"] == pytest.approx(0.1)
+    assert record["model_uri"] == "models:/calotwin-3dgan/3" and record["geometry"]["name"] == SMALL
+
+
+@pytest.fixture
+def storage(home):
+    return LocalStorage(root=str(home))
+
+
+def export(instance, storage, config=None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [exported_generator],
+        instance=instance,
+        resources={"storage": storage, "registry": ModelRegistry()},
+        run_config={"ops": {"exported_generator": {"config": config or {"check_events": 8}}}, **QUIET},
+        raise_on_error=False,
+    )
+
+
+def test_the_asset_exports_the_champion_with_its_interface(home, instance, storage):
+    register_untrained_generator("challenger", seed=1)
+    version = register_untrained_generator("champion", seed=2)
+    result = export(instance, storage)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("exported_generator")
+    meta = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+    folder = home / "exports" / "calotwin-3dgan" / f"v{version}"
+    assert meta["model_uri"] == f"models:/calotwin-3dgan/{version}"
+    assert meta["onnx"] == str(folder / "generator.onnx") and meta["torchscript"] == str(folder / "generator.pt")
+    assert 0 < meta["max_relative_error"] <= meta["relative_error_bound"] == MAX_RELATIVE_ERROR
+    assert meta["onnx_opset"] == OPSET and meta["onnxruntime_version"]
+    assert meta["onnx_bytes"] == (folder / "generator.onnx").stat().st_size > 100_000
+    record = json.loads((folder / "interface.json").read_text())
+    assert record["model_uri"] == meta["model_uri"] and record["check"]["showers"] == 8
+    assert record["check"]["max_relative_error"] == meta["max_relative_error"]
+    inputs = example_inputs(build_generator(SMALL), 3)
+    assert run_onnx(folder / "generator.onnx", inputs).shape == (3, 15, 15, 12)
+    assert torch.jit.load(str(folder / "generator.pt"))(*inputs).shape == (3, 15, 15, 12)
+
+
+def test_without_a_champion_the_asset_names_the_alias(home, instance, storage):
+    register_untrained_generator("challenger")
+    result = export(instance, storage)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "models:/calotwin-3dgan@champion" in message and "materialize champion_model first" in message
+
+
+def test_the_readme_example_runs_the_exported_file(generator, onnx_file, tmp_path):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Exporting the generator (ONNX, TorchScript)", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```py\n(.*?)```", section, flags=re.S)
+    shutil.copy(onnx_file, tmp_path / "generator.onnx")
+    (tmp_path / "interface.json").write_text(json.dumps(interface(generator)))
+    run = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("(4, 15, 15, 12) [")
