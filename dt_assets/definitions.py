@@ -6,6 +6,7 @@ from resources import ModelRegistry, compute_from_env, storage_from_env, trackin
 
 from .defs.data import raw_showers, simulation_runs
 from .defs.export import exported_generator
+from .defs.hpo import hpo_study
 from .defs.jobs import (
     ingest_runs_job,
     promote_job,
@@ -32,6 +33,7 @@ defs = dg.Definitions(
         raw_showers,
         preprocessed_showers,
         training_set,
+        hpo_study,
         gan_model,
         mc_reference,
         generated_showers,

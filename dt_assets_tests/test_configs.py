@@ -41,6 +41,7 @@ def test_the_assets_with_a_launchpad_form_are_found_in_the_definitions():
     assert list(asset_configs(defs)) == [
         "simulation_runs",
         "preprocessed_showers",
+        "hpo_study",
         "gan_model",
         "mc_reference",
         "generated_showers",

@@ -54,6 +54,7 @@ def test_definitions_load_with_the_pinned_graph():
         "raw_showers",
         "preprocessed_showers",
         "training_set",
+        "hpo_study",
         "gan_model",
         "mc_reference",
         "generated_showers",
@@ -76,7 +77,8 @@ def test_definitions_load_with_the_pinned_graph():
         "raw_showers": {"simulation_runs"},
         "preprocessed_showers": {"raw_showers"},
         "training_set": {"preprocessed_showers"},
-        "gan_model": {"training_set"},
+        "hpo_study": {"training_set"},
+        "gan_model": {"training_set", "hpo_study"},
         "generated_showers": {"mc_reference", "gan_model"},
         "validation_report": {"generated_showers", "mc_reference"},
         "champion_model": {"validation_report"},
@@ -111,7 +113,7 @@ def test_definitions_load_with_the_pinned_graph():
             "promote_after_failed_validation",
         )
     }
-    assert graph.get(dg.AssetKey("gan_model")).pools == {"training"}
+    assert graph.get(dg.AssetKey("gan_model")).pools == graph.get(dg.AssetKey("hpo_study")).pools == {"training"}
     assert set(defs.resources) == {"storage", "compute", "mlflow", "registry"}
     assert type(defs.resources["compute"]).__name__ == "LocalCompute"  # no compute.yaml: in-process
     assert gan_model.required_resource_keys >= {"compute", "storage", "mlflow"}

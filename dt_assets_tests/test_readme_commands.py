@@ -125,6 +125,7 @@ def test_make_ui_serves_the_assets_with_metadata_and_checks(demo_home):
             ("raw_showers",),
             ("preprocessed_showers",),
             ("training_set",),
+            ("hpo_study",),
             ("gan_model",),
             ("mc_reference",),
             ("generated_showers",),

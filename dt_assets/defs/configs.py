@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field, field_validator, model_validator
 
+from ..model.search_space import PARAMETERS as HPO_PARAMETERS
+from ..model.search_space import SearchSpace
 from ..model.train import TrainConfig
 from ..physics.geometry import DEFAULT_GEOMETRY, GEOMETRIES
 from ..physics.simulator import ENERGY_RANGE_GEV, THETA_RANGE_DEG
@@ -16,6 +18,8 @@ from ..validation.config import SCORES, GridSettings, ValidationConfig
 
 #: a geometry preset's name: an enum in the launchpad (a dropdown, and an unknown name is refused before launch)
 GeometryName = Literal[tuple(sorted(GEOMETRIES))]  # type: ignore[valid-type]
+#: a validation score's name, as an enum
+ScoreName = Literal[tuple(SCORES)]  # type: ignore[valid-type]
 
 
 def _known_geometry(value: str | None) -> str | None:
@@ -136,10 +140,25 @@ class GanModelConfig(dg.Config):
     weight_total: float = Field(default=0.1, ge=0, description="Loss weight of the energy-sum MAPE.")
     label_flip: float = Field(default=0.05, ge=0, lt=0.5, description="Probability of flipping a real/fake label.")
     seed: int = Field(default=0, ge=0, description="Random seed (weights, noise, data order).")
+    latent_size: int = Field(
+        default=0, ge=0, description="Generator input size (2 conditions + noise); 0: the architecture's (256)."
+    )
     warm_start: str = Field(
         default="", description="Start from this model: models:/name@alias, models:/name/N or a checkpoint path."
     )
+    hyperparameters_from: str = Field(
+        default="",
+        description="Tuned hyper-parameters to train with: 'hpo_study' (the best trial of the latest hpo_study "
+        "of this geometry) or the path/URL of a study's best.json. They replace the fields they name; empty: none.",
+    )
     registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
+
+    @field_validator("latent_size")
+    @classmethod
+    def _latent_size(cls, value: int) -> int:
+        if 0 < value < 3:
+            raise ValueError(f"latent_size must be 0 (the architecture's) or >= 3 (2 conditions + noise), got {value}")
+        return value
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -151,6 +170,126 @@ class GanModelConfig(dg.Config):
             label_flip=self.label_flip,
             seed=self.seed,
             max_steps_per_epoch=self.max_steps_per_epoch or None,
+            latent_size=self.latent_size or None,
+        )
+
+    def with_hyperparameters(self, params: dict[str, Any]) -> GanModelConfig:
+        """This config with tuned ``params`` (names of its fields) in place; a bad value names the field."""
+        unknown = sorted(set(params) - set(HPO_PARAMETERS))
+        if unknown:
+            raise ValueError(f"hyperparameters_from: unknown parameter(s) {unknown}; known: {list(HPO_PARAMETERS)}")
+        return GanModelConfig(**{**self.model_dump(), **params})
+
+
+class HpoSearchSpaceConfig(dg.Config):
+    """What the study tunes: a range [low, high] per float (learning rates and loss weights on a log
+    scale, the label-flip rate linear) and a list of choices per integer. An empty list leaves the
+    parameter out: its trials keep gan_model's default."""
+
+    lr_generator: list[float] = Field(default=[1e-5, 3e-3], description="Generator learning rate range (log scale).")
+    lr_discriminator: list[float] = Field(
+        default=[1e-5, 3e-3], description="Discriminator learning rate range (log scale)."
+    )
+    weight_real_fake: list[float] = Field(
+        default=[0.5, 10.0], description="Range of the real/fake BCE loss weight (log scale)."
+    )
+    weight_energy: list[float] = Field(
+        default=[0.01, 1.0], description="Range of the energy-regression loss weight (log scale)."
+    )
+    weight_angle: list[float] = Field(default=[1.0, 100.0], description="Range of the angle loss weight (log scale).")
+    weight_total: list[float] = Field(
+        default=[0.01, 1.0], description="Range of the energy-sum loss weight (log scale)."
+    )
+    batch_size: list[int] = Field(default=[16, 32, 64], description="Batch sizes to choose from.")
+    latent_size: list[int] = Field(
+        default=[64, 128, 256], description="Generator input sizes (2 conditions + noise) to try."
+    )
+    label_flip: list[float] = Field(
+        default=[0.0, 0.1], description="Range of the label-flip probability (linear, below 0.5)."
+    )
+
+    @model_validator(mode="after")
+    def _valid_space(self) -> HpoSearchSpaceConfig:
+        """Each range is [low, high] with low < high (positive on a log scale); choices are distinct integers."""
+        self.search_space()
+        return self
+
+    def search_space(self) -> SearchSpace:
+        return SearchSpace.from_dict(self.model_dump())
+
+
+class HpoStudyConfig(dg.Config):
+    """An Optuna study over gan_model's hyper-parameters, judged by the physics validation's score on a
+    small MC reference after every epoch (bad trials are pruned on it). Defaults suit a CPU and the small
+    preset; parameters left out of the search space keep gan_model's defaults."""
+
+    geometry: GeometryName = Field(
+        default="small_ecal_15x15x12", description="Geometry preset; trials train on its runs only."
+    )
+    study_name: str = Field(
+        default="calotwin-3dgan-hpo",
+        min_length=1,
+        description="Optuna study name; running again with the same name and storage continues the study.",
+    )
+    storage_url: str = Field(
+        default="",
+        description="Optuna RDB URL shared by the workers (e.g. postgresql://user@host/db); empty: "
+        "sqlite:///$CALOTWIN_HOME/hpo/optuna.db.",
+    )
+    n_trials: int = Field(default=8, ge=1, description="Trials in the study in all (earlier runs' trials count).")
+    n_workers: int = Field(default=2, ge=1, description="Worker processes that share the study on this machine.")
+    epochs: int = Field(default=3, ge=1, description="Epochs per trial; the score is reported after each.")
+    max_steps_per_epoch: int = Field(default=20, ge=1, description="Steps per epoch of a trial.")
+    seed: int = Field(default=0, ge=0, description="Seed of the samplers and of every trial's training.")
+    search_space: HpoSearchSpaceConfig = Field(
+        default_factory=HpoSearchSpaceConfig, description="Ranges and choices of the tuned hyper-parameters."
+    )
+    score: ScoreName = Field(
+        default="fpd", description="Validation score to optimise: fpd, kpd and classifier_auc fall, coverage rises."
+    )
+    validation_file: str = Field(
+        default="", description="Validation YAML the scoring starts from (observables, thresholds); empty: defaults."
+    )
+    energies_gev: list[float] = Field(
+        default=[20.0, 50.0, 80.0], description="Energy cell centres (GeV) of the scoring grid."
+    )
+    angles_deg: list[float] = Field(default=[90.0], description="Angle cell centres (degrees) of the scoring grid.")
+    events_per_cell: int = Field(default=200, ge=10, description="MC and generated events per grid cell.")
+    bootstrap: int = Field(default=10, ge=1, description="Bootstrap replicas of the scoring's validation.")
+    classifier_epochs: int = Field(default=10, ge=1, description="Epochs of the scoring's classifier.")
+    pruner_startup_trials: int = Field(
+        default=2, ge=0, description="Trials that finish before the median pruner stops any."
+    )
+    pruner_warmup_epochs: int = Field(default=0, ge=0, description="Epochs of a trial before it may be pruned.")
+
+    def validation_config(self) -> ValidationConfig:
+        """The scoring's validation: the file (or defaults) with this grid, events and light statistics."""
+        base = _validation_base(self.validation_file)
+        try:
+            grid = GridSettings(
+                energy_range_gev=base.grid.energy_range_gev,
+                energies_gev=tuple(self.energies_gev),
+                angles_deg=tuple(self.angles_deg),
+                energy_half_width_gev=base.grid.energy_half_width_gev,
+                angle_half_width_rad=base.grid.angle_half_width_rad,
+            )
+            return dataclasses.replace(
+                base,
+                grid=grid,
+                events_per_cell=self.events_per_cell,
+                min_events_per_cell=min(base.min_events_per_cell, self.events_per_cell),
+                bootstrap=self.bootstrap,
+                classifier=dataclasses.replace(base.classifier, epochs=self.classifier_epochs),
+                score=self.score,
+            )
+        except ValueError as exc:
+            raise dg.Failure(f"bad scoring grid: {exc}") from None
+
+    def base_train_config(self) -> TrainConfig:
+        """What a trial trains with before its tuned values go in (gan_model's defaults otherwise)."""
+        model = GanModelConfig(geometry=self.geometry, epochs=self.epochs, seed=self.seed)
+        return dataclasses.replace(
+            model.train_config(), max_steps_per_epoch=self.max_steps_per_epoch, validation_batches=2
         )
 
 

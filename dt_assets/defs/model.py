@@ -2,9 +2,11 @@
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import mlflow
+from pydantic import ValidationError
 
 from ..model.gan3d import parameter_count
 from ..model.job import TrainingJob
@@ -22,6 +24,31 @@ from .preprocess import training_set
 CHALLENGER = "challenger"
 #: one training at a time: the default instance limits every pool to 1 (see dt_assets.home)
 TRAINING_POOL = "training"
+#: the latest hpo_study's best parameters (path parts under the storage root)
+HPO_POINTER = ("hpo", "hpo_study.json")
+HPO_STUDY = "hpo_study"
+
+
+def tuned_parameters(storage, source: str, geometry: str) -> tuple[dict[str, Any], str]:
+    """The best parameters of a study (``source``: "hpo_study" for the latest one, or the path/URL of a
+    best.json) and where they came from; a study tuned on another geometry is refused."""
+    url = storage.url(*HPO_POINTER) if source == HPO_STUDY else source
+    if not storage.exists(url):
+        hint = "materialize hpo_study first" if source == HPO_STUDY else "no such file"
+        raise dg.Failure(f"hyperparameters_from {source!r}: {url}: {hint}")
+    try:
+        best = storage.read_json(url)
+    except ValueError as exc:
+        raise dg.Failure(f"hyperparameters_from {source!r}: {url} is not JSON ({exc})") from None
+    params = best.get("params") if isinstance(best, dict) else None
+    if not isinstance(params, dict):
+        raise dg.Failure(f"hyperparameters_from {source!r}: {url} holds no 'params' mapping")
+    if best.get("geometry", geometry) != geometry:
+        raise dg.Failure(
+            f"hyperparameters_from {source!r}: the study tuned geometry {best['geometry']!r}, "
+            f"this training is on {geometry!r}"
+        )
+    return params, best.get("url", url)
 
 
 def epoch_metrics(report: EpochReport) -> None:
@@ -32,14 +59,15 @@ def epoch_metrics(report: EpochReport) -> None:
 
 
 @dg.asset(
-    deps=[training_set],
+    deps=[training_set, HPO_STUDY],
     required_resource_keys={"mlflow", "storage", "compute"},
     group_name="model",
     kinds={"pytorch", "mlflow"},
     pool=TRAINING_POOL,
     description="The 3DGAN trained on the training set's runs of one geometry, checkpointed every epoch "
     "(a restarted training resumes), logged to MLflow and registered as a new version (alias 'challenger'). "
-    "It trains where the 'compute' resource says: in-process, torchrun DDP, a Slurm job or a Kubernetes pod.",
+    "It trains where the 'compute' resource says: in-process, torchrun DDP, a Slurm job or a Kubernetes pod. "
+    "With hyperparameters_from it trains with an hpo_study's best parameters.",
 )
 def gan_model(context: dg.AssetExecutionContext, config: GanModelConfig) -> dg.MaterializeResult:
     # the mlflow resource started a run; it ends here whatever happens (a failed check included)
@@ -59,6 +87,14 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
     runs = runs_for(storage.read_json(storage.training_set_url()), config.geometry)
     if not runs:
         raise dg.Failure(f"the training set has no preprocessed run on geometry {config.geometry!r}")
+    tuned_from = ""
+    if config.hyperparameters_from:
+        params, tuned_from = tuned_parameters(storage, config.hyperparameters_from, config.geometry)
+        try:
+            config = config.with_hyperparameters(params)
+        except (ValueError, ValidationError) as exc:
+            raise dg.Failure(f"hyperparameters_from {tuned_from}: {exc}") from None
+        context.log.info(f"hyper-parameters from {tuned_from}: {params}")
     train_config = config.train_config()
     key = training_key({**train_config.to_dict(), "warm_start": config.warm_start}, runs, config.geometry)
     checkpoint_dir = storage.checkpoint_dir(key)
@@ -77,6 +113,8 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
         f"training on {n_events} events of {len(runs)} run(s) ({partitions}); checkpoints in {checkpoint_dir}"
     )
     mlflow.log_params({**config.model_dump(), "training_key": key, "train_events": n_events, "partitions": partitions})
+    if tuned_from:
+        mlflow.set_tag("hyperparameters_source", tuned_from)
     trained = context.resources.compute.run_training(context, job, epoch_metrics)
     result = trained.result
     mlflow.log_params({"compute": trained.compute, "world_size": trained.world_size})
@@ -121,6 +159,7 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
             "partitions": partitions,
             "geometry": config.geometry,
             "warm_start": config.warm_start or "none",
+            "hyperparameters_from": tuned_from or "config",
             "checkpoint": dg.MetadataValue.path(result.checkpoint_url),
             "reproducibility_record": dg.MetadataValue.path(record_uri),
             "generator_parameters": parameter_count(result.generator),

@@ -59,6 +59,8 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     validation_batches: int = 8
     collapse_patience: int = 20
+    #: generator input size (2 conditions + noise); None: the architecture's (256 = 2 + 254, the reference's)
+    latent_size: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "generator_steps", "validation_batches", "collapse_patience"):
@@ -74,9 +76,20 @@ class TrainConfig:
             raise ValueError(f"label_flip must lie in [0, 0.5), got {self.label_flip!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ValueError(f"max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch!r}")
+        if self.latent_size is not None and (
+            isinstance(self.latent_size, bool) or not isinstance(self.latent_size, int) or self.latent_size < 3
+        ):
+            raise ValueError(
+                f"latent_size must be an integer >= 3 (2 conditions + noise) or None, got {self.latent_size!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as plain data; ``latent_size`` only when set, so the training keys (and the
+        reproducibility records) of trainings with the architecture's latent size stay what they were."""
+        d = asdict(self)
+        if d["latent_size"] is None:
+            del d["latent_size"]
+        return d
 
 
 class GANStep:

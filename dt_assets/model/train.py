@@ -17,6 +17,7 @@ after the last finished epoch. NaN losses or a generator stuck at empty showers 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -32,7 +33,7 @@ from torch import nn
 
 from ..physics.geometry import Geometry
 from ..showers.store import atomic_file, url_to_fs
-from .gan3d import Discriminator, gan_losses
+from .gan3d import Discriminator, architecture_for, gan_losses
 from .generation import CaloGenerator, generator_from_payload, generator_payload, load_generator, read_payload
 from .step import GANStep, TrainConfig, TrainingCollapsedError
 from .stream import TrainingData
@@ -148,7 +149,10 @@ def train(
             f"x {ctx.world_size} rank(s)"
         )
     # channels-last 3D is about 25% faster for these few-channel convolutions (oneDNN and cuDNN)
-    generator = CaloGenerator(geometry, transform=data.transform).to(dev, memory_format=torch.channels_last_3d)
+    arch = architecture_for(geometry)
+    if config.latent_size is not None:  # the generator's input size; the spec in checkpoints records it
+        arch = dataclasses.replace(arch, latent_size=config.latent_size)
+    generator = CaloGenerator(geometry, arch, transform=data.transform).to(dev, memory_format=torch.channels_last_3d)
     discriminator = Discriminator(generator.arch, geometry, generator.transform.power).to(
         dev, memory_format=torch.channels_last_3d
     )
