@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import dagster as dg
@@ -102,6 +104,45 @@ def test_a_trial_worse_than_the_median_is_pruned(tmp_path):
     study.tell(trial, state=TrialState.PRUNED)
     assert claim_trial(study) is None  # the budget is spent: no trial is created
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+
+
+CLAIMER = """
+import sys
+from dt_assets.model.hpo import HpoJob, claim_trial, open_study
+job = HpoJob.from_json(open(sys.argv[1]).read())
+study = open_study(job, int(sys.argv[2]))
+while (trial := claim_trial(study)) is not None:
+    study.tell(trial, float(trial.number))
+    print(trial.number, flush=True)
+"""
+
+
+def test_racing_workers_claim_every_trial_exactly_once(tmp_path):
+    """Four processes claim 60 trials of one sqlite study as fast as they can: each trial goes to one of them."""
+    job = HpoJob(
+        study_name="race",
+        storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
+        data=["unused.zarr"],
+        geometry=SMALL,
+        reference_url="unused.zarr",
+        trials_url=str(tmp_path / "trials"),
+    )
+    (tmp_path / "job.json").write_text(job.to_json())
+    enqueue_budget(open_study(job), 60)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, str(tmp_path / "job.json"), str(i)], stdout=subprocess.PIPE, text=True
+        )
+        for i in range(4)
+    ]
+    claimed = []
+    for worker in workers:
+        out, _ = worker.communicate(timeout=300)
+        assert worker.returncode == 0
+        claimed += [int(line) for line in out.split()]
+    assert sorted(claimed) == list(range(60))  # none lost, none twice
+    study = optuna.load_study(study_name="race", storage=job.storage_url)
+    assert len(study.get_trials()) == 60 and {t.state for t in study.get_trials()} == {TrialState.COMPLETE}
 
 
 def test_two_workers_share_a_study_and_its_best_parameters_feed_gan_model(home, instance):
