@@ -22,6 +22,16 @@ GeometryName = Literal[tuple(sorted(GEOMETRIES))]  # type: ignore[valid-type]
 ScoreName = Literal[tuple(SCORES)]  # type: ignore[valid-type]
 
 
+def _energy_field(default: float, description: str) -> Any:
+    """A primary energy in GeV, bounded by the simulator's range of validity."""
+    return Field(default=default, ge=ENERGY_RANGE_GEV[0], le=ENERGY_RANGE_GEV[1], description=description)
+
+
+def _theta_field(default: float, description: str) -> Any:
+    """A polar angle in degrees, bounded by the simulator's range of validity."""
+    return Field(default=default, ge=THETA_RANGE_DEG[0], le=THETA_RANGE_DEG[1], description=description)
+
+
 def _known_geometry(value: str | None) -> str | None:
     if value is not None and value not in GEOMETRIES:
         raise ValueError(f"unknown geometry {value!r}; presets: {sorted(GEOMETRIES)}")
@@ -32,21 +42,12 @@ class SimulationConfig(dg.Config):
     """One Monte Carlo run of the parametrized (GFlash) shower simulator."""
 
     n_events: int = Field(default=1000, ge=1, description="Number of showers to simulate.")
-    energy_min_gev: float = Field(
-        default=10.0, ge=ENERGY_RANGE_GEV[0], le=ENERGY_RANGE_GEV[1], description="Lowest primary energy (GeV)."
+    energy_min_gev: float = _energy_field(10.0, "Lowest primary energy (GeV).")
+    energy_max_gev: float = _energy_field(100.0, "Highest primary energy (GeV).")
+    theta_min_deg: float = _theta_field(
+        60.0, "Lowest polar angle of incidence (degrees; 90 = perpendicular to the face)."
     )
-    energy_max_gev: float = Field(
-        default=100.0, ge=ENERGY_RANGE_GEV[0], le=ENERGY_RANGE_GEV[1], description="Highest primary energy (GeV)."
-    )
-    theta_min_deg: float = Field(
-        default=60.0,
-        ge=THETA_RANGE_DEG[0],
-        le=THETA_RANGE_DEG[1],
-        description="Lowest polar angle of incidence (degrees; 90 = perpendicular to the face).",
-    )
-    theta_max_deg: float = Field(
-        default=120.0, ge=THETA_RANGE_DEG[0], le=THETA_RANGE_DEG[1], description="Highest polar angle (degrees)."
-    )
+    theta_max_deg: float = _theta_field(120.0, "Highest polar angle (degrees).")
     particle: Literal["e-", "gamma"] = Field(default="e-", description="Incident particle.")
     geometry: GeometryName = Field(default=DEFAULT_GEOMETRY, description="Geometry preset (cells, layers, materials).")
     seed: int = Field(default=0, ge=0, description="Random seed; the same config and seed give the same run.")
@@ -423,18 +424,8 @@ class SpeedBenchmarkConfig(dg.Config):
     registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
     n_events: int = Field(default=512, ge=1, description="Showers per timing.")
     batch_size: int = Field(default=128, ge=1, description="Generator batch size.")
-    energy_gev: float = Field(
-        default=100.0,
-        ge=ENERGY_RANGE_GEV[0],
-        le=ENERGY_RANGE_GEV[1],
-        description="Primary energy of the timed showers (GeV).",
-    )
-    theta_deg: float = Field(
-        default=90.0,
-        ge=THETA_RANGE_DEG[0],
-        le=THETA_RANGE_DEG[1],
-        description="Polar angle of the timed showers (degrees).",
-    )
+    energy_gev: float = _energy_field(100.0, "Primary energy of the timed showers (GeV).")
+    theta_deg: float = _theta_field(90.0, "Polar angle of the timed showers (degrees).")
 
     def resolved_uri(self) -> str:
         return self.model_uri or f"models:/{self.registered_model_name}@challenger"

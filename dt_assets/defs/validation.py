@@ -14,10 +14,11 @@ from typing import Any
 
 import dagster as dg
 import torch
+import xarray as xr
 
 from resources import ModelRegistry, StorageResource
 
-from ..model.generation import generate, load_generator
+from ..model.generation import CaloGenerator, generate, load_generator
 from ..model.registry import alias_version, log_to_run, resolve_version, set_alias, tag_version, version_uri
 from ..physics.simulator import simulate
 from ..progress import Progress
@@ -124,12 +125,7 @@ def generated_showers(
     )
     if not storage.exists(url):
         started = time.monotonic()
-        grid = cfg.conditions_grid()
-        total = len(grid.cells()) * cfg.events_per_cell
-        with Progress(total, f"generating with v{version.version}", log=context.log.info) as progress:
-            showers = generate_grid(
-                generator, grid, cfg.events_per_cell, reference["particle"], config.seed, progress.update
-            )
+        showers = _generate(context, generator, cfg, reference["particle"], config.seed, f"v{version.version}")
         showers.attrs["model_uri"] = version_uri(version)
         write_showers(showers, url, storage.options())
         context.log.info(f"generated {showers.sizes['event']} showers in {time.monotonic() - started:.1f} s")
@@ -309,6 +305,21 @@ def _gate_check(gate_name: str) -> dg.AssetChecksDefinition:
 validation_checks = [_gate_check(name) for name in ("coverage", "fpd", "kpd", "classifier_auc")]
 
 
+def _generate(
+    context: dg.AssetExecutionContext,
+    generator: CaloGenerator,
+    cfg: ValidationConfig,
+    particle: str,
+    seed: int,
+    label: str,
+) -> xr.Dataset:
+    """The generator's showers in every cell of the validation grid, logging progress as they come."""
+    grid = cfg.conditions_grid()
+    total = len(grid.cells()) * cfg.events_per_cell
+    with Progress(total, f"generating with {label}", log=context.log.info) as progress:
+        return generate_grid(generator, grid, cfg.events_per_cell, particle, seed, progress.update)
+
+
 def _champion_result(
     context: dg.AssetExecutionContext,
     storage: StorageResource,
@@ -327,12 +338,9 @@ def _champion_result(
         return read_result(storage, json_url)
     context.log.info(f"validating the champion (version {champion.version}) on the same reference and settings")
     generator = load_generator(version_uri(champion))
-    grid = cfg.conditions_grid()
-    total = len(grid.cells()) * cfg.events_per_cell
-    with Progress(total, f"generating with the champion v{champion.version}", log=context.log.info) as progress:
-        showers = generate_grid(
-            generator, grid, cfg.events_per_cell, pointer["particle"], int(pointer["seed"]), progress.update
-        )
+    showers = _generate(
+        context, generator, cfg, pointer["particle"], int(pointer["seed"]), f"the champion v{champion.version}"
+    )
     result = validate(read_showers(pointer["reference_url"], storage.options(), validate=False), showers, cfg)
     _publish(storage, result, folder, champion.run_id)
     return result
