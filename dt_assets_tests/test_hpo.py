@@ -1,9 +1,11 @@
 """Hyper-parameter optimisation: the search space, pruning, a study shared by two worker processes
-(no trial lost or run twice, one MLflow child run per trial), and gan_model trained with its best parameters."""
+(no trial lost or run twice, one MLflow child run per trial), a killed worker's trial run again, workers
+as a Slurm array job through the compute resource, and gan_model trained with its best parameters."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -15,18 +17,20 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from pydantic import ValidationError
+from servers import postgres  # noqa: F401  (the fixture)
+from slurm_cluster import slurm  # noqa: F401  (the fixture)
 
 from conftest import SMALL
 from dt_assets import load_generator
-from dt_assets.defs.configs import GanModelConfig, HpoSearchSpaceConfig
+from dt_assets.defs.configs import GanModelConfig, HpoSearchSpaceConfig, HpoStudyConfig
 from dt_assets.defs.hpo import default_study_storage, hpo_study
 from dt_assets.defs.model import gan_model
 from dt_assets.defs.pipeline import QUIET, materialize_training_set
-from dt_assets.model.hpo import HpoJob, claim_trial, enqueue_budget, open_study, run_worker
+from dt_assets.model.hpo import HpoJob, claim_trial, enqueue_budget, open_study, run_worker, summarise
 from dt_assets.model.registry import default_tracking_uri
 from dt_assets.model.search_space import SearchSpace, apply_parameters
 from dt_assets.model.step import TrainConfig
-from resources import LocalCompute, LocalStorage, tracking_resource
+from resources import KubernetesCompute, LocalCompute, LocalStorage, SlurmCompute, tracking_resource
 
 #: a study small enough for CI: 4 trials of 2 epochs x 2 steps, scored on one cell of 50 events
 STUDY = {
@@ -117,11 +121,18 @@ while (trial := claim_trial(study)) is not None:
 """
 
 
-def test_racing_workers_claim_every_trial_exactly_once(tmp_path):
-    """Four processes claim 60 trials of one sqlite study as fast as they can: each trial goes to one of them."""
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_racing_workers_claim_every_trial_exactly_once(backend, tmp_path, request):
+    """Four processes claim 60 trials of one study as fast as they can, in sqlite (BEGIN IMMEDIATE) and in a
+    real PostgreSQL (SELECT ... FOR UPDATE): each trial goes to one of them."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    else:
+        pg = request.getfixturevalue("postgres")
+        url = pg.url(pg.create_database("optuna_race"))
     job = HpoJob(
         study_name="race",
-        storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
+        storage_url=url,
         data=["unused.zarr"],
         geometry=SMALL,
         reference_url="unused.zarr",
@@ -184,6 +195,9 @@ def test_two_workers_share_a_study_and_its_best_parameters_feed_gan_model(home, 
     best = study.best_trial
     assert metadata["best_trial"].value == best.number and metadata["best_value"].value == pytest.approx(best.value)
     assert metadata["best_params"].value == best.params
+    assert metadata["launcher"].value == "LocalCompute" and metadata["retried"].value == []
+    trials_folder = home / "hpo" / "calotwin-3dgan-hpo" / "trials"
+    assert [p.name for p in trials_folder.iterdir()] == [f"trial-{best.number:04d}"]  # the others' are removed
     for plot in ("optimization_history", "param_importances"):
         assert metadata[plot].value.startswith(f"![{plot.replace('_', ' ')}](data:image/png;base64,"), plot
 
@@ -247,3 +261,136 @@ def test_gan_model_refuses_hyperparameters_of_another_geometry(home, instance, t
     )
     message = result.get_step_failure_events()[0].event_specific_data.error.message
     assert "the study tuned geometry 'clic_ecal_51x51x25', this training is on 'small_ecal_15x15x12'" in message
+
+
+DYING_WORKER = """
+import sys, time
+from mlflow import MlflowClient
+from dt_assets.model.hpo import HpoJob, run_worker
+job = HpoJob.from_json(open(sys.argv[1]).read())
+def objective(trial):
+    trial.suggest_float("x", 0.0, 1.0)
+    client = MlflowClient(job.tracking_uri)
+    trial.set_user_attr("mlflow_run_id", client.create_run(job.experiment_id).info.run_id)
+    print("claimed", trial.number, flush=True)
+    time.sleep(600)  # killed meanwhile
+run_worker(job, worker=9, objective=objective)
+"""
+
+
+def test_a_killed_worker_s_trial_fails_and_runs_again_with_its_parameters(tmp_path):
+    """SIGKILL a worker in its trial: after the grace period without heartbeats, the worker still alive fails
+    the trial (and its MLflow run) and runs its parameters again; the budget stays 3 trials that finished."""
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = MlflowClient(tracking).create_experiment("hpo", artifact_location=str(tmp_path / "artifacts"))
+    job = HpoJob(
+        study_name="lost",
+        storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
+        data=["unused.zarr"],
+        geometry=SMALL,
+        reference_url="unused.zarr",
+        trials_url=str(tmp_path / "trials"),
+        tracking_uri=tracking,
+        experiment_id=experiment,
+        heartbeat_interval_s=1,
+        grace_period_s=3,
+        max_retries=1,
+    )
+    (tmp_path / "job.json").write_text(job.to_json())
+    study = open_study(job)
+    enqueue_budget(study, 3)
+    dying = subprocess.Popen(
+        [sys.executable, "-c", DYING_WORKER, str(tmp_path / "job.json")], stdout=subprocess.PIPE, text=True
+    )
+    assert dying.stdout.readline().split() == ["claimed", "0"]
+    time.sleep(1.5)  # it has beaten at least once
+    dying.send_signal(signal.SIGKILL)
+    dying.wait(timeout=30)
+
+    started = time.monotonic()
+    ran = run_worker(job, worker=1, objective=lambda trial: trial.suggest_float("x", 0.0, 1.0))
+    assert ran == [1, 2, 3] and time.monotonic() - started >= 2  # it waited for trial 0 to go stale
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    assert trials[3].params == trials[0].params and trials[3].system_attrs["failed_trial"] == 0
+    assert trials[3].value == trials[0].params["x"]
+    summary = summarise(study)
+    assert summary.retried == [0] and summary.finished == 3
+    assert enqueue_budget(study, 3) == 0  # the retry counts for the lost trial: the budget is spent
+    lost_run = MlflowClient(tracking).get_run(trials[0].user_attrs["mlflow_run_id"])
+    assert lost_run.info.status == "FAILED" and lost_run.data.tags["optuna.state"] == "FAIL"
+    assert lost_run.data.tags["optuna.lost"] == "no heartbeat from worker ? for 3 s"
+
+
+def test_heartbeats_and_launchers_are_checked_and_kubernetes_names_what_to_use(tmp_path):
+    with pytest.raises(ValidationError, match="grace_period_s=30 must be above heartbeat_interval_s=30"):
+        HpoStudyConfig(heartbeat_interval_s=30, grace_period_s=30)
+    with pytest.raises(ValueError, match="need heartbeat_interval_s >= 1 and grace_period_s above it, got 5 and 5"):
+        HpoJob("s", "sqlite://", ["d"], SMALL, "r", "t", heartbeat_interval_s=5, grace_period_s=5)
+    with pytest.raises(dg.Failure, match="set the asset's launcher to 'processes'"):
+        KubernetesCompute(image="calotwin").start_workers(
+            dg.build_asset_context(), tmp_path, "dt_assets.model.hpo", ["worker", "job.json"], 2, {}
+        )
+
+
+def test_the_workers_array_job_script(tmp_path):
+    compute = SlurmCompute(
+        partition="gpu",
+        gpus_per_node=1,
+        cpus_per_task=8,
+        time="02:00:00",
+        setup=["module load cuda"],
+        extra_directives=["--qos=high"],
+    )
+    script = compute.worker_script(tmp_path, "dt_assets.model.hpo", ["worker", "/j/job.json"], 4, {"A": "b c"})
+    lines = script.splitlines()
+    directives = [line.removeprefix("#SBATCH ") for line in lines if line.startswith("#SBATCH ")]
+    assert directives == [
+        "--job-name=calotwin-train-workers",
+        f"--output={tmp_path}/worker-%a.log",
+        "--array=0-3",
+        "--nodes=1",
+        "--ntasks=1",
+        "--time=02:00:00",
+        "--partition=gpu",
+        "--gpus-per-node=1",
+        "--cpus-per-task=8",
+        "--qos=high",
+    ]
+    body = lines[len(directives) + 1 :]
+    assert body[:4] == [
+        "set -euo pipefail",
+        "module load cuda",
+        'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+        "export A='b c'",
+    ]
+    assert (
+        body[-1] == f'srun {sys.executable} -m dt_assets.model.hpo worker /j/job.json --worker "$SLURM_ARRAY_TASK_ID"'
+    )
+
+
+@pytest.mark.slow
+def test_workers_run_as_a_slurm_array_job_through_the_compute_resource(slurm, home, instance):  # noqa: F811
+    compute = SlurmCompute(partition=slurm.partition, time="10:00", poll_interval_seconds=0.5)
+    resources = {"storage": LocalStorage(), "compute": compute, "mlflow": tracking_resource()}
+    materialize_training_set(instance, resources, [{"n_events": 300, "geometry": SMALL, "seed": 6}])
+    config = {**STUDY, "n_trials": 2, "epochs": 1, "study_name": "on-slurm"}
+    result = dg.materialize(
+        [hpo_study],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"hpo_study": {"config": config}}, **QUIET},
+    )
+    metadata = result.asset_materializations_for_node("hpo_study")[0].metadata
+    assert metadata["launcher"].value == "SlurmCompute" and metadata["complete"].value + metadata["pruned"].value == 2
+    study = optuna.load_study(study_name="on-slurm", storage=default_study_storage())
+    assert sorted(t.number for t in study.get_trials()) == [0, 1]
+    (folder,) = (home / "hpo" / "on-slurm").glob("*/job.json")
+    for i in (0, 1):
+        log = (folder.parent / f"worker-{i}.log").read_text()
+        job_id = log.split("Slurm job ", 1)[1].split()[0]
+        assert job_id.endswith(f"_{i}") and slurm.job_state(job_id)["JobState"] == "COMPLETED", log
+    # only the best trial's checkpoints are kept
+    assert [p.name for p in (home / "hpo" / "on-slurm" / "trials").iterdir()] == [
+        f"trial-{study.best_trial.number:04d}"
+    ]

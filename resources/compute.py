@@ -17,6 +17,10 @@ them into MLflow metrics, as in-process) and the model comes back through the fi
 storage, so the asset's metadata is the same whatever ran it. A failed external job fails the asset
 with the external reason (exit code, Slurm state, pod error) and the tail of its log.
 
+The same resource starts ``hpo_study``'s workers (:meth:`ComputeResource.start_workers`): processes
+on this machine for the local and torchrun computes, one array job for Slurm (a task per worker);
+Kubernetes refuses, naming what to use.
+
 Which compute the code location uses comes from ``$CALOTWIN_COMPUTE_CONFIG``, else
 ``$CALOTWIN_HOME/compute.yaml``, else :class:`LocalCompute` (see :func:`compute_from_env`).
 """
@@ -31,7 +35,7 @@ import subprocess
 import sys
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,11 +81,42 @@ class Trained:
 
 
 class ComputeResource(ConfigurableResource):
-    """Where a training runs. Subclasses implement :meth:`run_training`."""
+    """Where a training runs. Subclasses implement :meth:`run_training`; :meth:`start_workers` starts
+    the hyper-parameter study's workers (processes on this machine unless a subclass says otherwise)."""
 
     @abstractmethod
     def run_training(self, context: dg.AssetExecutionContext, job: TrainingJob, on_epoch: EpochCallback) -> Trained:
         """Run ``job`` to its end; call ``on_epoch`` once per finished epoch (in this process)."""
+
+    def python_executable(self) -> str:
+        return sys.executable
+
+    def start_workers(
+        self,
+        context: dg.AssetExecutionContext,
+        folder: Path,
+        module: str,
+        args: Sequence[str],
+        n_workers: int,
+        env: Mapping[str, str],
+    ) -> list[_Launched]:
+        """Start ``python -m module *args --worker I`` for I = 0..n_workers-1, each logging to
+        ``folder/worker-I.log``. Here: processes on this machine, sharing its cores (``OMP_NUM_THREADS``
+        is each one's share unless set)."""
+        share = str(max(1, (os.cpu_count() or 1) // n_workers))
+        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", share), **env}
+        launched: list[_Launched] = []
+        try:
+            for i in range(n_workers):
+                command = [self.python_executable(), "-m", module, *args, "--worker", str(i)]
+                process = _Process(command, env, folder, f"worker {i}", log_name=f"worker-{i}.log")
+                process.label = f"worker {i} (pid {process.process.pid})"
+                launched.append(process)
+        except BaseException:
+            for started in launched:
+                started.cancel()
+            raise
+        return launched
 
 
 class LocalCompute(ComputeResource):
@@ -133,7 +168,7 @@ class PipesCompute(ComputeResource):
         """Start the job (its environment: the Pipes bootstrap variables and the job path)."""
 
     def python_executable(self) -> str:
-        return self.python or sys.executable
+        return self.python or super().python_executable()
 
     def job_folder(self, context: dg.AssetExecutionContext) -> Path:
         root = Path(self.workdir) if self.workdir else calotwin_home() / "jobs"
@@ -232,9 +267,10 @@ def first_exception(path: Path, scan_bytes: int = 1 << 20) -> str:
 
 
 class _Process(_Launched):
-    def __init__(self, command: list[str], env: Mapping[str, str], folder: Path, label: str) -> None:
-        self.log_path = folder / "train.log"
-        self.label = label
+    def __init__(
+        self, command: list[str], env: Mapping[str, str], folder: Path, label: str, log_name: str = "train.log"
+    ) -> None:
+        self.log_path = folder / log_name
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command,
@@ -245,6 +281,7 @@ class _Process(_Launched):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: cancel stops torchrun and its workers
             )
+        self.label = label
 
     def poll(self) -> str | None:
         code = self.process.poll()
@@ -293,10 +330,18 @@ class _SlurmJob(_Launched):
     #: consecutive failed state queries (slurmctld restarting, say) tolerated before giving up on the job
     MAX_QUERY_ERRORS = 30
 
-    def __init__(self, job_id: str, folder: Path, compute: SlurmCompute, context: dg.AssetExecutionContext) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        folder: Path,
+        compute: SlurmCompute,
+        context: dg.AssetExecutionContext,
+        log_path: Path | None = None,
+        what: str = "",
+    ) -> None:
         self.job_id = job_id
-        self.log_path = folder / f"slurm-{job_id}.log"
-        self.label = f"Slurm job {job_id}" + (f" (partition {compute.partition})" if compute.partition else "")
+        self.log_path = log_path or folder / f"slurm-{job_id}.log"
+        self.label = f"{what}Slurm job {job_id}" + (f" (partition {compute.partition})" if compute.partition else "")
         self.context = context
         self.state = ""
         self.query_errors = 0
@@ -391,15 +436,9 @@ class SlurmCompute(PipesCompute):
     def ranks_per_node(self) -> int:
         return self.nproc_per_node or self.gpus_per_node or 1
 
-    def script(self, folder: Path, env: Mapping[str, str]) -> str:
-        """The sbatch script: directives, setup, the job's environment, then srun + torchrun."""
-        directives = [
-            f"--job-name={self.job_name}",
-            f"--output={folder}/slurm-%j.log",
-            f"--nodes={self.nodes}",
-            "--ntasks-per-node=1",
-            f"--time={self.time}",
-        ]
+    def directives(self, first: Sequence[str]) -> list[str]:
+        """``first``, then the time limit and this compute's partition, GPUs, CPUs, account and extras."""
+        directives = [*first, f"--time={self.time}"]
         if self.partition:
             directives.append(f"--partition={self.partition}")
         if self.gpus_per_node:
@@ -408,7 +447,18 @@ class SlurmCompute(PipesCompute):
             directives.append(f"--cpus-per-task={self.cpus_per_task}")
         if self.account:
             directives.append(f"--account={self.account}")
-        directives += self.extra_directives
+        return directives + self.extra_directives
+
+    def script(self, folder: Path, env: Mapping[str, str]) -> str:
+        """The sbatch script: directives, setup, the job's environment, then srun + torchrun."""
+        directives = self.directives(
+            [
+                f"--job-name={self.job_name}",
+                f"--output={folder}/slurm-%j.log",
+                f"--nodes={self.nodes}",
+                "--ntasks-per-node=1",
+            ]
+        )
         if self.nodes == 1:
             rendezvous = "--standalone"
         else:
@@ -442,6 +492,59 @@ class SlurmCompute(PipesCompute):
         job_id = out.stdout.strip().split(";")[0]
         context.log.info(f"submitted {script} as Slurm job {job_id}")
         return _SlurmJob(job_id, folder, self, context)
+
+    def worker_script(
+        self, folder: Path, module: str, args: Sequence[str], n_workers: int, env: Mapping[str, str]
+    ) -> str:
+        """An array job of ``n_workers`` tasks on one node each; task I runs ``python -m module *args --worker I``
+        with this compute's GPUs and CPUs, and torch on its CPUs (``OMP_NUM_THREADS``, unless ``env`` sets it)."""
+        directives = self.directives(
+            [
+                f"--job-name={self.job_name}-workers",
+                f"--output={folder}/worker-%a.log",
+                f"--array=0-{n_workers - 1}",
+                "--nodes=1",
+                "--ntasks=1",
+            ]
+        )
+        command = " ".join(shlex.quote(a) for a in [self.python_executable(), "-m", module, *args])
+        lines = [
+            "#!/bin/bash",
+            *(f"#SBATCH {d}" for d in directives),
+            "set -euo pipefail",
+            *self.setup,
+            'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+            *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())),
+            'echo "calotwin: worker $SLURM_ARRAY_TASK_ID, Slurm job ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} '
+            'on $SLURM_JOB_NODELIST"',
+            f'srun {command} --worker "$SLURM_ARRAY_TASK_ID"',
+            "",
+        ]
+        return "\n".join(lines)
+
+    def start_workers(
+        self,
+        context: dg.AssetExecutionContext,
+        folder: Path,
+        module: str,
+        args: Sequence[str],
+        n_workers: int,
+        env: Mapping[str, str],
+    ) -> list[_Launched]:
+        """One Slurm array job; worker I is array task I (``<job>_I``, log ``folder/worker-I.log``)."""
+        script = folder / "workers.sbatch"
+        script.write_text(self.worker_script(folder, module, args, n_workers, env))
+        out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise dg.Failure(
+                f"sbatch refused the workers' array job ({script}): {out.stderr.strip() or out.stdout.strip()}"
+            )
+        job_id = out.stdout.strip().split(";")[0]
+        context.log.info(f"submitted {script} as Slurm array job {job_id} ({n_workers} task(s))")
+        return [
+            _SlurmJob(f"{job_id}_{i}", folder, self, context, folder / f"worker-{i}.log", f"worker {i}: ")
+            for i in range(n_workers)
+        ]
 
 
 class KubernetesCompute(ComputeResource):
@@ -505,6 +608,20 @@ class KubernetesCompute(ComputeResource):
         if self.image_pull_secrets:
             spec["image_pull_secrets"] = [{"name": name} for name in self.image_pull_secrets]
         return spec
+
+    def start_workers(
+        self,
+        context: dg.AssetExecutionContext,
+        folder: Path,
+        module: str,
+        args: Sequence[str],
+        n_workers: int,
+        env: Mapping[str, str],
+    ) -> list[_Launched]:
+        raise dg.Failure(
+            "workers do not run on the kubernetes compute yet: set the asset's launcher to 'processes' "
+            "(workers on this machine), or use a local, torchrun or slurm compute"
+        )
 
     def pod_body(self, pod_name: str, job: TrainingJob, pipes_env: Mapping[str, str]):
         """The pod dagster-k8s creates (a ``kubernetes.client.V1Pod``)."""

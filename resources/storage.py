@@ -91,6 +91,12 @@ class StorageResource(ConfigurableResource):
         fs, path = url_to_fs(url, self.options())
         return fs.exists(path)
 
+    def remove(self, url: str) -> None:
+        """Delete a folder (and what it holds) or a file of derived data, e.g. a trial's checkpoints.
+        Never used on inputs: refused files are quarantined, never deleted."""
+        fs, path = url_to_fs(url, self.options())
+        fs.rm(path, recursive=True)
+
     def write_json(self, url: str, payload: Any) -> None:
         """Write a JSON document atomically."""
         with atomic_file(url, self.options(), mode="wb") as handle:

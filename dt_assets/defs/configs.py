@@ -238,7 +238,9 @@ class HpoStudyConfig(dg.Config):
         "sqlite:///$CALOTWIN_HOME/hpo/optuna.db.",
     )
     n_trials: int = Field(default=8, ge=1, description="Trials in the study in all (earlier runs' trials count).")
-    n_workers: int = Field(default=2, ge=1, description="Worker processes that share the study on this machine.")
+    n_workers: int = Field(
+        default=2, ge=1, description="Workers that share the study (processes, or Slurm array tasks)."
+    )
     epochs: int = Field(default=3, ge=1, description="Epochs per trial; the score is reported after each.")
     max_steps_per_epoch: int = Field(default=20, ge=1, description="Steps per epoch of a trial.")
     seed: int = Field(default=0, ge=0, description="Seed of the samplers and of every trial's training.")
@@ -262,6 +264,35 @@ class HpoStudyConfig(dg.Config):
         default=2, ge=0, description="Trials that finish before the median pruner stops any."
     )
     pruner_warmup_epochs: int = Field(default=0, ge=0, description="Epochs of a trial before it may be pruned.")
+    launcher: Literal["compute", "processes"] = Field(
+        default="compute",
+        description="Where the workers run. compute: as the compute resource says (processes on this machine for "
+        "local and torchrun, one Slurm array job for slurm); processes: on this machine whatever the compute.",
+    )
+    heartbeat_interval_s: int = Field(
+        default=30, ge=1, description="Seconds between a running trial's heartbeats in the study storage."
+    )
+    grace_period_s: int = Field(
+        default=120,
+        ge=2,
+        description="Seconds without a heartbeat after which a running trial's worker counts as lost: the trial "
+        "fails and its parameters are run again.",
+    )
+    max_retries: int = Field(
+        default=1, ge=0, description="Times one trial's parameters are run again after lost workers."
+    )
+    keep_trial_checkpoints: bool = Field(
+        default=False, description="Keep every trial's checkpoints; default: only the best trial's are kept."
+    )
+
+    @model_validator(mode="after")
+    def _grace_above_heartbeat(self) -> HpoStudyConfig:
+        """The grace period must be longer than the heartbeat interval."""
+        if self.grace_period_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                f"grace_period_s={self.grace_period_s} must be above heartbeat_interval_s={self.heartbeat_interval_s}"
+            )
+        return self
 
     def validation_config(self) -> ValidationConfig:
         """The scoring's validation: the file (or defaults) with this grid, events and light statistics."""

@@ -2,18 +2,16 @@
 
 ``hpo_study`` simulates a small MC reference for scoring (once per grid, under
 ``hpo/references/``), puts the study's trial budget in the Optuna storage, starts ``n_workers``
-worker processes (``python -m dt_assets.model.hpo worker``) that share the study, and waits for
-them. Trials write their checkpoints under ``hpo/<study>/trials/``; the best trial's parameters go
-to ``hpo/<study>/best.json`` and to ``hpo/hpo_study.json`` (the latest study), which ``gan_model``
-reads with ``hyperparameters_from: hpo_study``. The study's MLflow run (the resource's) is the
-parent of one child run per trial. Job file and worker logs: ``$CALOTWIN_HOME/hpo/<study>/<run>/``.
+workers (``python -m dt_assets.model.hpo worker``) that share the study through the compute
+resource (processes on this machine, or one Slurm array job), and waits for them. Trials write
+their checkpoints under ``hpo/<study>/trials/`` (only the best trial's are kept unless told);
+the best trial's parameters go to ``hpo/<study>/best.json`` and to ``hpo/hpo_study.json`` (the
+latest study), which ``gan_model`` reads with ``hyperparameters_from: hpo_study``. The study's
+MLflow run (the resource's) is the parent of one child run per trial. Job file and worker logs:
+``$CALOTWIN_HOME/hpo/<study>/<run>/``.
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -22,8 +20,9 @@ from pathlib import Path
 import dagster as dg
 import mlflow
 import optuna
+from optuna.trial import TrialState
 
-from resources.compute import first_exception, log_tail
+from resources.compute import ComputeResource, LocalCompute, first_exception, log_tail
 
 from ..home import calotwin_home
 from ..model.hpo import (
@@ -49,6 +48,7 @@ from .preprocess import training_set
 #: MC seed of the scoring reference: apart from the training runs', mc_reference's and generated_showers' seeds
 REFERENCE_SEED = 3_000_000
 POLL_S = 2.0
+WORKER_MODULE = "dt_assets.model.hpo"
 
 
 def default_study_storage() -> str:
@@ -58,14 +58,15 @@ def default_study_storage() -> str:
 
 @dg.asset(
     deps=[training_set],
-    required_resource_keys={"mlflow", "storage"},
+    required_resource_keys={"mlflow", "storage", "compute"},
     group_name="model",
     kinds={"optuna", "pytorch", "mlflow"},
     pool=TRAINING_POOL,
     description="An Optuna study over gan_model's hyper-parameters (learning rates, loss weights, batch size, "
     "latent size, label-flip rate), scored by the physics validation after every epoch, bad trials pruned. "
-    "Worker processes share the study through its storage (sqlite in the data home, or any Optuna RDB URL); "
-    "every trial is an MLflow child run. The best parameters are stored for gan_model (hyperparameters_from).",
+    "Workers (processes, or a Slurm array job through the compute resource) share the study through its storage "
+    "(sqlite in the data home, or any Optuna RDB URL); a lost worker's trial is run again. Every trial is an MLflow "
+    "child run. The best parameters are stored for gan_model (hyperparameters_from).",
 )
 def hpo_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.MaterializeResult:
     # the mlflow resource started the study's run; it ends here whatever happens
@@ -107,6 +108,9 @@ def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.
             seed=config.seed,
             pruner_startup_trials=config.pruner_startup_trials,
             pruner_warmup_epochs=config.pruner_warmup_epochs,
+            heartbeat_interval_s=config.heartbeat_interval_s,
+            grace_period_s=config.grace_period_s,
+            max_retries=config.max_retries,
         )
         study = open_study(job)
     except ValueError as exc:
@@ -120,9 +124,10 @@ def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.
     )
     if before.states.get("RUNNING"):
         context.log.warning(
-            f"{before.states['RUNNING']} trial(s) are RUNNING from an earlier run (a worker that died?): "
-            "no worker here takes them up"
+            f"{before.states['RUNNING']} trial(s) are RUNNING already (workers elsewhere, or lost ones): the workers "
+            f"wait for them, and run a lost one again after {config.grace_period_s} s without a heartbeat"
         )
+    compute: ComputeResource = context.resources.compute if config.launcher == "compute" else LocalCompute()
     mlflow.set_tags({"optuna.study": config.study_name, "optuna.storage": redact(storage_url)})
     mlflow.log_params(
         {
@@ -135,7 +140,7 @@ def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.
     started = time.monotonic()
     folder = _job_folder(config.study_name, context.run.run_id)
     (folder / "job.json").write_text(job.to_json())
-    failures = _run_workers(context, folder, config.n_workers, study, before)
+    failures = _run_workers(context, compute, folder, config.n_workers, study, before)
     seconds = time.monotonic() - started
     summary = summarise(study)
     unfinished = summary.n_trials - summary.finished
@@ -146,6 +151,8 @@ def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.
         )
     for failure in failures:
         context.log.warning(f"a worker failed after the last trial was taken: {failure}")
+    if summary.retried:
+        context.log.warning(f"trial(s) {summary.retried} were lost with their worker and run again")
     if summary.best_trial is None:
         errors = [t.user_attrs[ERROR_ATTR] for t in study.get_trials(deepcopy=False) if ERROR_ATTR in t.user_attrs]
         raise dg.Failure(
@@ -162,12 +169,15 @@ def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.
         "params": summary.best_params,
         "states": summary.states,
         "n_trials": summary.n_trials,
+        "retried": summary.retried,
         "mlflow_run_id": run.info.run_id,
         "dagster_run_id": context.run.run_id,
     }
     best_url = storage.url("hpo", config.study_name, "best.json")
     storage.write_json(best_url, best)
     storage.write_json(storage.url(*HPO_POINTER), {**best, "url": best_url})
+    if not config.keep_trial_checkpoints:
+        _remove_checkpoints(context, study, keep=summary.best_trial)
     plots = optimisation_plots(study)
     mlflow.log_metric(f"best_{validation.score}", summary.best_value)
     mlflow.log_params({f"best/{k}": v for k, v in summary.best_params.items()})
@@ -187,13 +197,15 @@ def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.
             "trials": summary.n_trials,
             "complete": summary.states.get("COMPLETE", 0),
             "pruned": summary.states.get("PRUNED", 0),
-            "failed": summary.states.get("FAIL", 0),
+            "failed": summary.states.get("FAIL", 0) - len(summary.retried),
+            "retried": dg.MetadataValue.json(summary.retried),
             "score": validation.score,
             "best_value": float(summary.best_value),
             "best_trial": int(summary.best_trial),
             "best_params": dg.MetadataValue.json(summary.best_params),
             "best_params_path": dg.MetadataValue.path(best_url),
             "workers": config.n_workers,
+            "launcher": type(compute).__name__,
             "seconds": round(seconds, 1),
             "mlflow_run_id": run.info.run_id,
             "worker_logs": dg.MetadataValue.path(str(folder)),
@@ -236,53 +248,53 @@ def _job_folder(study_name: str, run_id: str) -> Path:
 
 
 def _run_workers(
-    context: dg.AssetExecutionContext, folder: Path, n_workers: int, study: optuna.Study, before: StudySummary
+    context: dg.AssetExecutionContext,
+    compute: ComputeResource,
+    folder: Path,
+    n_workers: int,
+    study: optuna.Study,
+    before: StudySummary,
 ) -> list[str]:
-    """Start the workers, log the study's progress until they exit; returns the failures (with causes)."""
-    env = dict(os.environ)
-    # the workers share the cores: torch in each uses its share, unless the user said otherwise
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n_workers)))
-    processes: list[tuple[subprocess.Popen, Path]] = []
+    """Start the workers through ``compute``, log the study's progress until they end; returns the
+    failures (with causes). Stopping the run stops the workers."""
+    args = ["worker", str(folder / "job.json")]
+    workers = compute.start_workers(context, folder, WORKER_MODULE, args, n_workers, {})
     try:
-        for i in range(n_workers):
-            log_path = folder / f"worker-{i}.log"
-            with open(log_path, "wb") as log:
-                command = [sys.executable, "-m", "dt_assets.model.hpo", "worker", str(folder / "job.json")]
-                process = subprocess.Popen(
-                    [*command, "--worker", str(i)],
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            processes.append((process, log_path))
-        context.log.info(f"started {n_workers} worker(s); logs in {folder}")
+        context.log.info(f"started {', '.join(w.label for w in workers)}; logs in {folder}")
         todo = before.n_trials - before.finished
+        outcomes: dict[int, str] = {}
         with Progress(todo, f"study {study.study_name}", "trials", log=context.log.info) as progress:
-            while any(p.poll() is None for p, _ in processes):
+            while len(outcomes) < len(workers):
                 time.sleep(POLL_S)
-                progress.update(summarise(study).finished - before.finished - progress.done)
-            progress.update(summarise(study).finished - before.finished - progress.done)
+                for i, worker in enumerate(workers):
+                    if i not in outcomes and (outcome := worker.poll()) is not None:
+                        outcomes[i] = outcome
+                progress.update(max(0, summarise(study).finished - before.finished - progress.done))
     except BaseException:
         context.log.warning("stopping the workers")
-        for process, _ in processes:
-            _stop(process)
+        for worker in workers:
+            worker.cancel()
         raise
     failures = []
-    for i, (process, log_path) in enumerate(processes):
-        if process.returncode:
-            cause = first_exception(log_path) or f"exit code {process.returncode}"
-            failures.append(f"worker {i}: {cause} (log {log_path}:\n{log_tail(log_path, 20)})")
+    for i, outcome in sorted(outcomes.items()):
+        if outcome:
+            worker = workers[i]
+            cause = first_exception(worker.log_path)
+            failures.append(
+                f"{worker.label}: {outcome}{': ' + cause if cause else ''} "
+                f"(log {worker.log_path}:\n{log_tail(worker.log_path, 20)})"
+            )
     return failures
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+def _remove_checkpoints(context: dg.AssetExecutionContext, study: optuna.Study, keep: int | None) -> None:
+    """Delete the checkpoints of every finished trial but ``keep`` (the best)."""
+    storage = context.resources.storage
+    removed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        url = trial.user_attrs.get("checkpoint_dir")
+        if trial.number != keep and url and storage.exists(url):
+            storage.remove(url)
+            removed += 1
+    if removed:
+        context.log.info(f"removed the checkpoints of {removed} trial(s); the best trial's ({keep}) are kept")

@@ -19,10 +19,19 @@ and never creates trials itself. So a study ends with exactly ``n_trials`` trial
 (With ``study.optimize(n_trials=...)`` the count is per worker, and with ``MaxTrialsCallback``
 workers that start a trial at the same time overshoot the budget.)
 
+A worker that dies (killed, out of memory, its node lost) loses no trial: a worker records a
+heartbeat in the storage every ``heartbeat_interval_s`` while it runs a trial, and a RUNNING trial
+without one for ``grace_period_s`` is failed by whichever worker looks next and run again, with the
+same parameters, as a new WAITING trial (at most ``max_retries`` times; its MLflow run is marked
+FAILED). A worker leaves only when no trial is WAITING or RUNNING, so a lost trial is always picked up
+while one worker lives. The lost trial stays in the study as FAIL and does not count toward the
+budget; its retry names it (``system_attrs["failed_trial"]``).
+
 A worker is a plain process: ``python -m dt_assets.model.hpo worker JOB.json --worker N``, where
-JOB.json is an :class:`HpoJob` (what the ``hpo_study`` asset writes). The same command in a Slurm
-array job (``--worker $SLURM_ARRAY_TASK_ID``) against a PostgreSQL URL adds workers on a cluster;
-the data, reference and checkpoint URLs in the job must then be reachable from the nodes.
+JOB.json is an :class:`HpoJob` (what the ``hpo_study`` asset writes). The asset starts its workers
+through the compute resource: processes on this machine, or one Slurm array job (``--worker
+$SLURM_ARRAY_TASK_ID``). Workers on several nodes need a storage they all reach (PostgreSQL or
+MySQL; sqlite over NFS locks badly) and data, reference and checkpoint URLs visible from the nodes.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import logging
 import math
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from ..physics.geometry import get_geometry
@@ -74,6 +85,8 @@ log = logging.getLogger("dt_assets.model.hpo")  # the same name when run as __ma
 
 #: a sqlite writer waits this long for another worker's lock before giving up
 SQLITE_TIMEOUT_S = 120.0
+#: how often a worker with nothing to claim looks again while others' trials run
+IDLE_POLL_S = 2.0
 #: user attribute of a failed trial: the error that failed it
 ERROR_ATTR = "error"
 
@@ -101,6 +114,9 @@ class HpoJob:
     pruner_startup_trials: int = 2
     pruner_warmup_epochs: int = 0
     device: str | None = None
+    heartbeat_interval_s: int = 30  # a running trial's worker writes a heartbeat this often
+    grace_period_s: int = 120  # a RUNNING trial without a heartbeat this long is lost: FAIL, run again
+    max_retries: int = 1  # how often one trial's parameters are run again after lost workers
 
     def __post_init__(self) -> None:
         if not self.study_name:
@@ -113,6 +129,13 @@ class HpoJob:
         self.validation_config()
         if self.pruner_startup_trials < 0 or self.pruner_warmup_epochs < 0:
             raise ValueError("hpo job: pruner_startup_trials and pruner_warmup_epochs must be >= 0")
+        if self.heartbeat_interval_s < 1 or self.grace_period_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                f"hpo job: need heartbeat_interval_s >= 1 and grace_period_s above it, got "
+                f"{self.heartbeat_interval_s} and {self.grace_period_s}"
+            )
+        if self.max_retries < 0:
+            raise ValueError(f"hpo job: max_retries must be >= 0, got {self.max_retries}")
 
     def train_config(self) -> TrainConfig:
         config = dict(self.train)
@@ -154,15 +177,24 @@ def redact(url: str) -> str:
         return url.split("://", 1)[0] + "://..."
 
 
-def study_storage(url: str) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage; a sqlite file gets its folder created and a long lock timeout."""
+def study_storage(url: str, job: HpoJob | None = None) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage; a sqlite file gets its folder created and a long lock timeout. With a job,
+    heartbeats are on (its interval and grace period) and a lost trial is run again (:class:`_RetryLost`)."""
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    heartbeat: dict[str, Any] = {}
+    if job is not None:
+        heartbeat = {
+            "heartbeat_interval": job.heartbeat_interval_s,
+            "grace_period": job.grace_period_s,
+            "heartbeat_stale_trial_callback": _RetryLost(job),
+        }
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        with _stable():
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     except Exception as exc:  # sqlalchemy's errors for a bad URL, a missing driver, a refused connection
         raise ValueError(f"study storage {redact(url)}: {type(exc).__name__}: {exc}") from None
     if storage.engine.name == "sqlite":
@@ -195,7 +227,7 @@ def open_study(job: HpoJob, worker: int = 0, storage: optuna.storages.BaseStorag
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=job.study_name,
-        storage=storage or study_storage(job.storage_url),
+        storage=storage or study_storage(job.storage_url, job),
         direction=job.direction,
         sampler=optuna.samplers.TPESampler(seed=job.seed * 1000 + worker),
         pruner=optuna.pruners.MedianPruner(
@@ -211,12 +243,32 @@ def open_study(job: HpoJob, worker: int = 0, storage: optuna.storages.BaseStorag
     return study
 
 
+def retried(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Numbers of the trials that were lost with their worker and run again as another trial."""
+    return {n for t in trials for n in _retry_history(t)}
+
+
+def _retry_history(trial: FrozenTrial) -> list[int]:
+    """The trials this one runs again (``RetryHeartbeatStaleTrialCallback.retry_history``, read directly)."""
+    return list(trial.system_attrs.get("retry_history", []))
+
+
+@contextmanager
+def _stable() -> Iterator[None]:
+    """Without Optuna's "experimental" warning: heartbeats and their retries have been there since 2.x."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def enqueue_budget(study: optuna.Study, n_trials: int) -> int:
-    """Top the study up to ``n_trials`` trials in all (WAITING ones for the workers to claim); returns
-    how many were added (0 when the study already has that many, e.g. a study run again)."""
+    """Top the study up to ``n_trials`` trials in all (WAITING ones for the workers to claim; a lost
+    trial run again counts once); returns how many were added (0 when the study already has that many,
+    e.g. a study run again)."""
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
-    missing = n_trials - len(study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    missing = n_trials - (len(trials) - len(retried(trials)))
     for _ in range(max(0, missing)):
         study.enqueue_trial({})
     return max(0, missing)
@@ -224,17 +276,89 @@ def enqueue_budget(study: optuna.Study, n_trials: int) -> int:
 
 def claim_trial(study: optuna.Study) -> optuna.Trial | None:
     """Take one WAITING trial of the study (atomically: of several workers asking, one gets it);
-    None when none is left. Workers never create trials, so the budget is exact."""
+    None when none is left. Workers never create trials, so the budget is exact. The claim records
+    the trial's first heartbeat (when the storage has them on)."""
+    claimed = _claim(study)
+    return None if claimed is None else claimed[0]
+
+
+def _claim(study: optuna.Study) -> tuple[optuna.Trial, int] | None:
     storage = study._storage  # Study has no public accessor for it; the storage calls below are public
     study_id = storage.get_study_id_from_name(study.study_name)
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         try:
             if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(study, trial_id)
+                if _heartbeat_interval(storage):
+                    storage.record_heartbeat(trial_id)
+                return optuna.Trial(study, trial_id), trial_id
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker claimed and finished it meanwhile
     return None
+
+
+def _heartbeat_interval(storage: optuna.storages.BaseStorage) -> int | None:
+    get = getattr(storage, "get_heartbeat_interval", None)
+    return get() if get is not None else None
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat every interval in a thread while the block runs."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+        self.storage, self.trial_id = storage, trial_id
+        self.interval = _heartbeat_interval(storage)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as exc:  # a storage hiccup: the next beat tries again; the grace period covers it
+                log.warning(f"heartbeat of trial id {self.trial_id}: {type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> _Heartbeat:
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+class _RetryLost:
+    """What happens to a trial whose worker stopped beating: its MLflow run is marked FAILED and, up to
+    ``max_retries`` times, its parameters are queued again as a new WAITING trial."""
+
+    def __init__(self, job: HpoJob) -> None:
+        self.job = job
+        with _stable():
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=job.max_retries)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        history = _retry_history(trial)
+        again = len(history) < self.job.max_retries
+        why = f"no heartbeat from worker {trial.user_attrs.get('worker', '?')} for {self.job.grace_period_s} s"
+        log.warning(
+            f"trial {trial.number} lost ({why}): FAIL; "
+            + ("its parameters are queued again" if again else f"not run again ({len(history)} retries already)")
+        )
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id and self.job.tracking_uri:
+            from mlflow import MlflowClient
+
+            try:
+                client = MlflowClient(self.job.tracking_uri)
+                client.set_tag(run_id, "optuna.state", "FAIL")
+                client.set_tag(run_id, "optuna.lost", why)
+                client.set_terminated(run_id, "FAILED")
+            except Exception as exc:  # the trial is failed in the study whatever MLflow says
+                log.warning(f"trial {trial.number}: could not mark MLflow run {run_id} failed: {exc}")
+        with _stable():
+            self.retry(study, trial)
 
 
 class _Objective:
@@ -356,24 +480,52 @@ def _param(key: str, value: Any):
     return Param(key, json.dumps(value) if isinstance(value, list | tuple | dict) else str(value))
 
 
-def run_worker(job: HpoJob, worker: int = 0, on_trial: Callable[[FrozenTrial], None] | None = None) -> list[int]:
-    """Claim and run the study's WAITING trials until none is left; returns the numbers this worker ran.
+def run_worker(
+    job: HpoJob,
+    worker: int = 0,
+    on_trial: Callable[[FrozenTrial], None] | None = None,
+    objective: Callable[[optuna.Trial], float] | None = None,
+) -> list[int]:
+    """Claim and run the study's WAITING trials until none is WAITING or RUNNING; returns the numbers
+    this worker ran. While others' trials run it waits, failing lost ones (no heartbeat for the grace
+    period) so that their retries can be claimed.
 
-    A trial whose training collapses or whose score is not finite is FAIL and the worker goes on; any
-    other error fails the trial and stops the worker (raised). SIGTERM fails the running trial too.
+    ``objective`` (default: train and score the trial) returns the trial's value. A trial whose training
+    collapses or whose score is not finite is FAIL and the worker goes on; any other error fails the
+    trial and stops the worker (raised). SIGTERM fails the running trial too.
     """
     study = open_study(job, worker)
-    objective = _Objective(job, worker)
+    objective = objective or _Objective(job, worker)
+    storage = study._storage
     ran: list[int] = []
     previous = signal.getsignal(signal.SIGTERM)
     if previous in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _terminate)
+    waiting_logged = False
     try:
-        while (trial := claim_trial(study)) is not None:
+        while True:
+            with _stable():
+                fail_stale_trials(study)
+            claimed = _claim(study)
+            if claimed is None:
+                running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if not running or not _heartbeat_interval(storage):
+                    break
+                if not waiting_logged:
+                    log.info(
+                        f"worker {worker}: no trial waiting; {len(running)} running elsewhere (a lost one is run "
+                        f"again after {job.grace_period_s} s without a heartbeat)"
+                    )
+                    waiting_logged = True
+                time.sleep(min(job.heartbeat_interval_s, IDLE_POLL_S))
+                continue
+            waiting_logged = False
+            trial, trial_id = claimed
             ran.append(trial.number)
             started = time.monotonic()
             try:
-                value = objective(trial)
+                with _Heartbeat(storage, trial_id):
+                    value = objective(trial)
             except optuna.TrialPruned as exc:
                 frozen = study.tell(trial, state=TrialState.PRUNED)
                 log.info(f"worker {worker}: trial {trial.number} pruned ({exc})")
@@ -403,7 +555,7 @@ def _terminate(signum, frame) -> None:
 
 @dataclass
 class StudySummary:
-    """Where a study stands: trials per state, the best trial, and trial numbers seen more than once."""
+    """Where a study stands: trials per state, the best trial, and the lost trials run again."""
 
     n_trials: int
     states: dict[str, int]
@@ -412,10 +564,13 @@ class StudySummary:
     best_params: dict[str, Any]
     best_trial: int | None
     direction: str
+    retried: list[int] = field(default_factory=list)  # lost with their worker (FAIL) and run again
 
     @property
     def finished(self) -> int:
-        return sum(n for s, n in self.states.items() if s in ("COMPLETE", "PRUNED", "FAIL"))
+        """Finished trials, a lost trial that was run again not counted (its retry counts)."""
+        done = sum(n for s, n in self.states.items() if s in ("COMPLETE", "PRUNED", "FAIL"))
+        return done - len(self.retried)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -436,6 +591,7 @@ def summarise(study: optuna.Study) -> StudySummary:
         best_params={} if best is None else dict(best.params),
         best_trial=None if best is None else best.number,
         direction=study.direction.name.lower(),
+        retried=sorted(retried(trials)),
     )
 
 
