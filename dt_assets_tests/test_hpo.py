@@ -48,6 +48,19 @@ STUDY = {
 }
 
 
+def plain_job(study_name: str, tmp_path, **fields) -> HpoJob:
+    """A job whose study is driven by a plain objective (no data is read): sqlite under ``tmp_path``."""
+    fields.setdefault("storage_url", f"sqlite:///{tmp_path / 'optuna.db'}")
+    return HpoJob(
+        study_name=study_name,
+        data=["unused.zarr"],
+        geometry=SMALL,
+        reference_url="unused.zarr",
+        trials_url=str(tmp_path / "trials"),
+        **fields,
+    )
+
+
 def test_the_search_space_refuses_bad_ranges_naming_the_field():
     for bad, named in (
         ({"lr_generator": [1e-3, 1e-5]}, "search_space.lr_generator: low 0.001 must be below high 1e-05"),
@@ -85,15 +98,7 @@ def test_parameters_go_into_the_training_config_by_gan_model_field_name():
 
 def test_a_trial_worse_than_the_median_is_pruned(tmp_path):
     """The study's pruner (median over earlier trials, per epoch), with a plain objective in place of training."""
-    job = HpoJob(
-        study_name="pruning",
-        storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
-        data=["unused.zarr"],
-        geometry=SMALL,
-        reference_url="unused.zarr",
-        trials_url=str(tmp_path / "trials"),
-        pruner_startup_trials=2,
-    )
+    job = plain_job("pruning", tmp_path, pruner_startup_trials=2)
     study = open_study(job)
     assert enqueue_budget(study, 3) == 3 and enqueue_budget(study, 3) == 0
     for final in (1.0, 2.0):  # two good trials
@@ -130,14 +135,7 @@ def test_racing_workers_claim_every_trial_exactly_once(backend, tmp_path, reques
     else:
         pg = request.getfixturevalue("postgres")
         url = pg.url(pg.create_database("optuna_race"))
-    job = HpoJob(
-        study_name="race",
-        storage_url=url,
-        data=["unused.zarr"],
-        geometry=SMALL,
-        reference_url="unused.zarr",
-        trials_url=str(tmp_path / "trials"),
-    )
+    job = plain_job("race", tmp_path, storage_url=url)
     (tmp_path / "job.json").write_text(job.to_json())
     enqueue_budget(open_study(job), 60)
     workers = [
@@ -283,13 +281,9 @@ def test_a_killed_worker_s_trial_fails_and_runs_again_with_its_parameters(tmp_pa
     the trial (and its MLflow run) and runs its parameters again; the budget stays 3 trials that finished."""
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = MlflowClient(tracking).create_experiment("hpo", artifact_location=str(tmp_path / "artifacts"))
-    job = HpoJob(
-        study_name="lost",
-        storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
-        data=["unused.zarr"],
-        geometry=SMALL,
-        reference_url="unused.zarr",
-        trials_url=str(tmp_path / "trials"),
+    job = plain_job(
+        "lost",
+        tmp_path,
         tracking_uri=tracking,
         experiment_id=experiment,
         heartbeat_interval_s=1,
@@ -315,7 +309,7 @@ def test_a_killed_worker_s_trial_fails_and_runs_again_with_its_parameters(tmp_pa
     assert trials[3].params == trials[0].params and trials[3].system_attrs["failed_trial"] == 0
     assert trials[3].value == trials[0].params["x"]
     summary = summarise(study)
-    assert summary.retried == [0] and summary.finished == 3
+    assert summary.retried == [0] and summary.finished == 3 and summary.unfinished == 0 and summary.n_trials == 4
     assert enqueue_budget(study, 3) == 0  # the retry counts for the lost trial: the budget is spent
     lost_run = MlflowClient(tracking).get_run(trials[0].user_attrs["mlflow_run_id"])
     assert lost_run.info.status == "FAILED" and lost_run.data.tags["optuna.state"] == "FAIL"
@@ -394,3 +388,17 @@ def test_workers_run_as_a_slurm_array_job_through_the_compute_resource(slurm, ho
     assert [p.name for p in (home / "hpo" / "on-slurm" / "trials").iterdir()] == [
         f"trial-{study.best_trial.number:04d}"
     ]
+
+
+def test_a_study_without_a_training_set_names_what_to_materialize(home, instance):
+    resources = {"storage": LocalStorage(), "compute": LocalCompute(), "mlflow": tracking_resource()}
+    result = dg.materialize(
+        [hpo_study],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"hpo_study": {"config": STUDY}}, **QUIET},
+        raise_on_error=False,
+    )
+    message = result.get_step_failure_events()[0].event_specific_data.error.message
+    assert "no training set yet: materialize preprocessed_showers and training_set first" in message
+    assert not (home / "hpo" / "optuna.db").exists()  # nothing was started

@@ -35,14 +35,13 @@ from ..model.hpo import (
     redact,
     summarise,
 )
-from ..model.manifest import runs_for
 from ..progress import Progress
 from ..showers.store import sha256_json, write_showers
 from ..validation.config import ValidationConfig
 from ..validation.samples import simulate_grid
 from .configs import HpoStudyConfig
 from .metadata import image
-from .model import HPO_POINTER, TRAINING_POOL
+from .model import HPO_POINTER, TRAINING_POOL, ending_mlflow_run, training_runs
 from .preprocess import training_set
 
 #: MC seed of the scoring reference: apart from the training runs', mc_reference's and generated_showers' seeds
@@ -69,23 +68,13 @@ def default_study_storage() -> str:
     "child run. The best parameters are stored for gan_model (hyperparameters_from).",
 )
 def hpo_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.MaterializeResult:
-    # the mlflow resource started the study's run; it ends here whatever happens
-    try:
-        materialized = _run_study(context, config)
-    except BaseException:
-        mlflow.end_run(status="FAILED")
-        raise
-    mlflow.end_run()
-    return materialized
+    with ending_mlflow_run():  # the study's run, the parent of the trials' runs
+        return _run_study(context, config)
 
 
 def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.MaterializeResult:
     storage = context.resources.storage
-    if not storage.exists(storage.training_set_url()):
-        raise dg.Failure("no training set yet: materialize preprocessed_showers and training_set first")
-    runs = runs_for(storage.read_json(storage.training_set_url()), config.geometry)
-    if not runs:
-        raise dg.Failure(f"the training set has no preprocessed run on geometry {config.geometry!r}")
+    runs = training_runs(storage, config.geometry)
     validation = config.validation_config()
     reference_url = _scoring_reference(context, config, validation)
     storage_url = config.storage_url or default_study_storage()
@@ -143,7 +132,7 @@ def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.
     failures = _run_workers(context, compute, folder, config.n_workers, study, before)
     seconds = time.monotonic() - started
     summary = summarise(study)
-    unfinished = summary.n_trials - summary.finished
+    unfinished = summary.unfinished
     if failures and unfinished:
         raise dg.Failure(
             f"{len(failures)} worker(s) failed and {unfinished} trial(s) are unfinished: " + "; ".join(failures),
@@ -261,7 +250,7 @@ def _run_workers(
     workers = compute.start_workers(context, folder, WORKER_MODULE, args, n_workers, {})
     try:
         context.log.info(f"started {', '.join(w.label for w in workers)}; logs in {folder}")
-        todo = before.n_trials - before.finished
+        todo = before.unfinished
         outcomes: dict[int, str] = {}
         with Progress(todo, f"study {study.study_name}", "trials", log=context.log.info) as progress:
             while len(outcomes) < len(workers):

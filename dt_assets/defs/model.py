@@ -1,6 +1,8 @@
 """Model stage: the trained 3DGAN, tracked in MLflow and registered as a new model version."""
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,23 +72,34 @@ def epoch_metrics(report: EpochReport) -> None:
     "With hyperparameters_from it trains with an hpo_study's best parameters.",
 )
 def gan_model(context: dg.AssetExecutionContext, config: GanModelConfig) -> dg.MaterializeResult:
-    # the mlflow resource started a run; it ends here whatever happens (a failed check included)
+    with ending_mlflow_run():  # the mlflow resource started a run (a failed check fails it too)
+        return _train_and_register(context, config)
+
+
+@contextmanager
+def ending_mlflow_run() -> Iterator[None]:
+    """End the active MLflow run (the mlflow resource starts one per step) as FINISHED, or FAILED on an error."""
     try:
-        materialized = _train_and_register(context, config)
+        yield
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
     mlflow.end_run()
-    return materialized
+
+
+def training_runs(storage, geometry: str) -> list[dict]:
+    """The training set's preprocessed runs of ``geometry``; fails naming what to materialize or the geometry."""
+    if not storage.exists(storage.training_set_url()):
+        raise dg.Failure("no training set yet: materialize preprocessed_showers and training_set first")
+    runs = runs_for(storage.read_json(storage.training_set_url()), geometry)
+    if not runs:
+        raise dg.Failure(f"the training set has no preprocessed run on geometry {geometry!r}")
+    return runs
 
 
 def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfig) -> dg.MaterializeResult:
     storage = context.resources.storage
-    if not storage.exists(storage.training_set_url()):
-        raise dg.Failure("no training set yet: materialize preprocessed_showers and training_set first")
-    runs = runs_for(storage.read_json(storage.training_set_url()), config.geometry)
-    if not runs:
-        raise dg.Failure(f"the training set has no preprocessed run on geometry {config.geometry!r}")
+    runs = training_runs(storage, config.geometry)
     tuned_from = ""
     if config.hyperparameters_from:
         params, tuned_from = tuned_parameters(storage, config.hyperparameters_from, config.geometry)

@@ -572,6 +572,11 @@ class StudySummary:
         done = sum(n for s, n in self.states.items() if s in ("COMPLETE", "PRUNED", "FAIL"))
         return done - len(self.retried)
 
+    @property
+    def unfinished(self) -> int:
+        """Trials still to run or running (WAITING or RUNNING)."""
+        return self.states.get("WAITING", 0) + self.states.get("RUNNING", 0)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
