@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -319,7 +320,22 @@ def test_a_training_job_travels_as_json_and_bad_ones_are_named(tmp_path):
         TrainingJob(data=["a"], checkpoint_dir="c", geometry="atlas", config={})
 
 
-def test_cancelling_a_torchrun_job_stops_its_whole_process_group(tmp_path):
+@pytest.mark.parametrize("ignored", [False, True], ids=["signals-default", "signals-ignored"])
+def test_cancelling_a_torchrun_job_stops_its_whole_process_group(tmp_path, ignored):
+    """SIGTERM stops the job and its children, also from a process that ignores SIGINT and SIGTERM (started in
+    the background, after Dagster mapped SIGTERM to the ignored SIGINT): an ignored signal is inherited."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    if ignored:
+        for s in saved:
+            signal.signal(s, signal.SIG_IGN)
+    try:
+        _cancel_a_job_with_a_child(tmp_path)
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+def _cancel_a_job_with_a_child(tmp_path) -> None:
     pids = tmp_path / "pids"
     script = f"sleep 300 & echo $! > {pids}; echo started; wait"
     launched = _Process(["bash", "-c", script], {}, tmp_path, "a job")

@@ -266,14 +266,29 @@ def first_exception(path: Path, scan_bytes: int = 1 << 20) -> str:
     return ""
 
 
+#: ``python -c`` program that runs ``argv[1:]`` with SIGINT and SIGTERM at their defaults. An ignored signal is
+#: inherited across exec, and a Dagster process started in the background (SIGINT ignored) ignores SIGTERM
+#: too after any in-process run: Dagster maps SIGTERM to SIGINT's handler. Without this, cancel's SIGTERM
+#: would not stop the job, only the SIGKILL 15 s later.
+DEFAULT_SIGNALS = (
+    "import os, signal, sys\n"
+    "for s in (signal.SIGINT, signal.SIGTERM):\n"
+    "    signal.signal(s, signal.SIG_DFL)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
 class _Process(_Launched):
+    """A local process in its own process group (its log: ``folder/log_name``), started with SIGINT and
+    SIGTERM at their defaults whatever this process does with them (:data:`DEFAULT_SIGNALS`)."""
+
     def __init__(
         self, command: list[str], env: Mapping[str, str], folder: Path, label: str, log_name: str = "train.log"
     ) -> None:
         self.log_path = folder / log_name
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                command,
+                [sys.executable, "-c", DEFAULT_SIGNALS, *command],
                 env={**os.environ, **env},
                 cwd=folder,
                 stdin=subprocess.DEVNULL,
