@@ -451,6 +451,31 @@ class SlurmCompute(PipesCompute):
     def ranks_per_node(self) -> int:
         return self.nproc_per_node or self.gpus_per_node or 1
 
+    def batch_script(
+        self, first: Sequence[str], env: Mapping[str, str], body: Sequence[str], defaults: Sequence[str] = ()
+    ) -> str:
+        """An sbatch script: the directives (``first``, then this compute's), ``set -euo pipefail``, the setup
+        lines, ``defaults`` (exports ``env`` may override), ``env`` exported, then ``body``."""
+        lines = [
+            "#!/bin/bash",
+            *(f"#SBATCH {d}" for d in self.directives(first)),
+            "set -euo pipefail",
+            *self.setup,
+            *defaults,
+            *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())),
+            *body,
+            "",
+        ]
+        return "\n".join(lines)
+
+    def submit(self, script: Path, text: str, what: str) -> str:
+        """Write ``script`` and ``sbatch`` it; returns the job id (a refusal fails naming ``what``)."""
+        script.write_text(text)
+        out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise dg.Failure(f"sbatch refused {what} ({script}): {out.stderr.strip() or out.stdout.strip()}")
+        return out.stdout.strip().split(";")[0]
+
     def directives(self, first: Sequence[str]) -> list[str]:
         """``first``, then the time limit and this compute's partition, GPUs, CPUs, account and extras."""
         directives = [*first, f"--time={self.time}"]
@@ -466,14 +491,7 @@ class SlurmCompute(PipesCompute):
 
     def script(self, folder: Path, env: Mapping[str, str]) -> str:
         """The sbatch script: directives, setup, the job's environment, then srun + torchrun."""
-        directives = self.directives(
-            [
-                f"--job-name={self.job_name}",
-                f"--output={folder}/slurm-%j.log",
-                f"--nodes={self.nodes}",
-                "--ntasks-per-node=1",
-            ]
-        )
+        first = [f"--job-name={self.job_name}", f"--output={folder}/slurm-%j.log", f"--nodes={self.nodes}"]
         if self.nodes == 1:
             rendezvous = "--standalone"
         else:
@@ -485,26 +503,16 @@ class SlurmCompute(PipesCompute):
             f"{shlex.quote(self.python_executable())} -m torch.distributed.run {rendezvous} "
             f"--nproc_per_node={self.ranks_per_node()} -m {ENTRY_MODULE}"
         )
-        lines = [
-            "#!/bin/bash",
-            *(f"#SBATCH {d}" for d in directives),
-            "set -euo pipefail",
-            *self.setup,
-            *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())),
+        body = [
             'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
             'echo "calotwin: Slurm job $SLURM_JOB_ID on $SLURM_JOB_NODELIST (rendezvous on $head)"',
             f"srun --kill-on-bad-exit=1 {torchrun}",
-            "",
         ]
-        return "\n".join(lines)
+        return self.batch_script([*first, "--ntasks-per-node=1"], env, body)
 
     def launch(self, context: dg.AssetExecutionContext, folder: Path, env: Mapping[str, str]) -> _Launched:
         script = folder / "train.sbatch"
-        script.write_text(self.script(folder, env))
-        out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            raise dg.Failure(f"sbatch refused the training job ({script}): {out.stderr.strip() or out.stdout.strip()}")
-        job_id = out.stdout.strip().split(";")[0]
+        job_id = self.submit(script, self.script(folder, env), "the training job")
         context.log.info(f"submitted {script} as Slurm job {job_id}")
         return _SlurmJob(job_id, folder, self, context)
 
@@ -513,29 +521,20 @@ class SlurmCompute(PipesCompute):
     ) -> str:
         """An array job of ``n_workers`` tasks on one node each; task I runs ``python -m module *args --worker I``
         with this compute's GPUs and CPUs, and torch on its CPUs (``OMP_NUM_THREADS``, unless ``env`` sets it)."""
-        directives = self.directives(
-            [
-                f"--job-name={self.job_name}-workers",
-                f"--output={folder}/worker-%a.log",
-                f"--array=0-{n_workers - 1}",
-                "--nodes=1",
-                "--ntasks=1",
-            ]
-        )
+        first = [
+            f"--job-name={self.job_name}-workers",
+            f"--output={folder}/worker-%a.log",
+            f"--array=0-{n_workers - 1}",
+            "--nodes=1",
+            "--ntasks=1",
+        ]
         command = " ".join(shlex.quote(a) for a in [self.python_executable(), "-m", module, *args])
-        lines = [
-            "#!/bin/bash",
-            *(f"#SBATCH {d}" for d in directives),
-            "set -euo pipefail",
-            *self.setup,
-            'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
-            *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())),
+        body = [
             'echo "calotwin: worker $SLURM_ARRAY_TASK_ID, Slurm job ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} '
             'on $SLURM_JOB_NODELIST"',
             f'srun {command} --worker "$SLURM_ARRAY_TASK_ID"',
-            "",
         ]
-        return "\n".join(lines)
+        return self.batch_script(first, env, body, defaults=['export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"'])
 
     def start_workers(
         self,
@@ -548,13 +547,7 @@ class SlurmCompute(PipesCompute):
     ) -> list[_Launched]:
         """One Slurm array job; worker I is array task I (``<job>_I``, log ``folder/worker-I.log``)."""
         script = folder / "workers.sbatch"
-        script.write_text(self.worker_script(folder, module, args, n_workers, env))
-        out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            raise dg.Failure(
-                f"sbatch refused the workers' array job ({script}): {out.stderr.strip() or out.stdout.strip()}"
-            )
-        job_id = out.stdout.strip().split(";")[0]
+        job_id = self.submit(script, self.worker_script(folder, module, args, n_workers, env), "the workers' array job")
         context.log.info(f"submitted {script} as Slurm array job {job_id} ({n_workers} task(s))")
         return [
             _SlurmJob(f"{job_id}_{i}", folder, self, context, folder / f"worker-{i}.log", f"worker {i}: ")

@@ -249,8 +249,9 @@ def retried(trials: Sequence[FrozenTrial]) -> set[int]:
 
 
 def _retry_history(trial: FrozenTrial) -> list[int]:
-    """The trials this one runs again (``RetryHeartbeatStaleTrialCallback.retry_history``, read directly)."""
-    return list(trial.system_attrs.get("retry_history", []))
+    """The trials this one runs again, oldest first (empty: not a retry)."""
+    with _stable():
+        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
 
 
 @contextmanager
