@@ -14,7 +14,7 @@ NOTEBOOK_PORT ?= 8888
 SENSOR_TIMEOUT := DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS=300
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format docs ui twin mlflow-ui notebook bench
+.PHONY: help install demo champion test lint format docs ui twin mlflow-ui notebook bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ $(STAMP): pyproject.toml
 
 demo: install ## Run the loop on embedded defaults and print a summary (data in $CALOTWIN_HOME)
 	$(PY) -m dt_assets.demo
+
+champion: install ## Train a generator for the default gates; validate, promote and export it if it passes (about 40 min)
+	$(PY) -m dt_assets.champion
 
 test: install ## Run the test suite
 	$(PY) -m pytest
@@ -72,3 +75,4 @@ bench: install ## Run the benchmarks in bench/ (prints tables and JSON lines)
 	$(PY) bench/validation.py
 	$(PY) bench/loop.py
 	$(PY) bench/compute.py
+	$(PY) bench/fidelity.py --family flow --minutes 5 --out $(CALOTWIN_HOME)/bench/fidelity-flow-5

@@ -1,4 +1,5 @@
-"""GPU benchmark of the reference 3DGAN (torch + numpy only: runs on a bare GPU machine).
+"""GPU benchmark of the reference 3DGAN and of the flow-matching generator (torch + numpy only: runs on a bare
+GPU machine).
 
 Needs only torch, numpy (and xarray for the optional training on MC); no Dagster, zarr or MLflow.
 Run it from the repository root on any machine with a GPU:
@@ -14,6 +15,9 @@ Run it from the repository root on any machine with a GPU:
 3. Fidelity: a short full-size training (bf16) on Monte Carlo showers simulated here, then
    E_sum/E_p of generated and MC showers on held-out conditions, and the mean energy at 20 and
    90 GeV.
+4. The same fidelity numbers for the flow-matching generator at 51x51x25 (fp32, the same minutes, the
+   family's default architecture and learning rate, AdamW, an EMA of the weights), with its training
+   samples/s and generation showers/s.
 Prints a table, then one JSON line. Record the card and the numbers in bench/README.md.
 """
 
@@ -172,6 +176,105 @@ def fidelity(geometry, device, train_data: Batch, test_data: Batch, minutes: flo
     }
 
 
+def flow_fidelity(geometry, device, minutes: float, n_train: int, n_test: int, batch_size: int) -> dict:
+    """Train the flow-matching generator for ``minutes`` on fresh MC (in memory), then E_sum/E_p and the mean
+    energy at 20 and 90 GeV of its showers against MC's, its training samples/s and generation showers/s."""
+    import copy
+
+    from dt_assets.model.flow import FlowGenerator, ShowerSummary, flow_matching_loss
+    from dt_assets.model.flow_training import FlowTrainConfig
+    from dt_assets.physics.simulator import simulate
+
+    def tensors(n: int, seed: int) -> tuple[torch.Tensor, ...]:
+        ds = simulate(n, (10.0, 200.0), (60.0, 120.0), geometry=geometry, seed=seed)
+        deposits = torch.from_numpy(np.asarray(ds.energy_deposit.values, dtype=np.float32))
+        return deposits, *(
+            torch.from_numpy(np.asarray(ds[k].values, dtype=np.float32)) for k in ("primary_energy", "theta")
+        )
+
+    config = FlowTrainConfig(batch_size=batch_size)
+    deposits, energy, theta = tensors(n_train, 3)
+    model = FlowGenerator(geometry).to(device)
+    noise = torch.Generator(device=device).manual_seed(0)
+    parts = [
+        model.summarise(
+            deposits[i : i + 1024].to(device), energy[i : i + 1024].to(device), theta[i : i + 1024].to(device), noise
+        )
+        for i in range(0, min(n_train, config.standardisation_events), 1024)
+    ]
+    model.fit_standardisation(
+        ShowerSummary(*(torch.cat([getattr(p, f) for p in parts]) for f in ("conditions", "stage1", "cells")))
+    )
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizers = {
+        s: torch.optim.AdamW(getattr(model, s).parameters(), lr=config.lr, weight_decay=0.0)
+        for s in ("stage1", "stage2")
+    }
+
+    def update(stage: str, x1: torch.Tensor, condition: torch.Tensor, lr: float) -> None:
+        for group in optimizers[stage].param_groups:
+            group["lr"] = lr
+        loss = flow_matching_loss(getattr(model, stage), x1, condition, noise)
+        optimizers[stage].zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(getattr(model, stage).parameters(), config.grad_clip)
+        optimizers[stage].step()
+
+    steps, start = 0, time.perf_counter()
+    budget = minutes * 60
+    while time.perf_counter() - start < budget:
+        idx = torch.randint(0, n_train, (batch_size,))
+        observed = model.observe(deposits[idx].to(device), energy[idx].to(device), theta[idx].to(device))
+        _, cells, condition = model.targets(model.dequantise(observed, noise))
+        # the family's schedule (linear warm-up, cosine to 0) over the time budget: the steps are not known ahead
+        progress = min(1.0, (time.perf_counter() - start) / budget)
+        lr = config.lr * min(1.0, (steps + 1) / config.warmup_steps) * 0.5 * (1 + np.cos(np.pi * progress))
+        update("stage2", cells, condition, lr)
+        for _ in range(config.stage1_updates):
+            update("stage1", model.standardised_stage1(model.stage1_data(observed, noise)), observed.conditions, lr)
+        steps += 1
+        decay = min(config.ema_decay, (1 + steps) / (10 + steps))
+        with torch.no_grad():
+            for average, current in zip(ema.parameters(), model.parameters(), strict=True):
+                average.lerp_(current, 1.0 - decay)
+        sync(device)
+    train_seconds = time.perf_counter() - start
+    ema.eval()
+    test_deposits, test_energy, test_theta = tensors(n_test, 4)
+    with torch.no_grad():
+        draw = torch.randn((n_test, ema.noise_size), generator=noise, device=device)
+        sync(device)
+        started = time.perf_counter()
+        made = ema.sample(draw, test_energy.to(device), test_theta.to(device)).cpu()
+        sync(device)
+        generation_seconds = time.perf_counter() - started
+
+        def mean_at(e: float) -> float:
+            n = 256
+            z = torch.randn((n, ema.noise_size), generator=noise, device=device)
+            full = torch.full((n,), e, device=device)
+            return float(
+                ema.sample(z, full, torch.full((n,), np.pi / 2, device=device)).sum(dim=(1, 2, 3)).mean() / 1000
+            )
+
+        ratio = {
+            "flow": float((made.sum(dim=(1, 2, 3)) / 1000 / test_energy).mean()),
+            "mc": float((test_deposits.sum(dim=(1, 2, 3)) / 1000 / test_energy).mean()),
+        }
+        return {
+            "train_minutes": minutes,
+            "steps": steps,
+            "train_samples_per_s": steps * batch_size / train_seconds,
+            "generation_showers_per_s": n_test / generation_seconds,
+            "esum_over_ep_flow": ratio["flow"],
+            "esum_over_ep_mc": ratio["mc"],
+            "mean_gev_flow_20": mean_at(20.0),
+            "mean_gev_flow_90": mean_at(90.0),
+            "mean_gev_mc_20": 20.0 * ratio["mc"],
+            "mean_gev_mc_90": 90.0 * ratio["mc"],
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -198,6 +301,9 @@ def main() -> None:
     if args.train_minutes > 0:
         test, _ = mc_tensors(geometry, 128 if quick else 2048, (10.0, 200.0), seed=2)
         result["fidelity"] = fidelity(geometry, device, data, test, args.train_minutes, batch_size)
+        result["flow_fidelity"] = flow_fidelity(
+            geometry, device, args.train_minutes, 512 if quick else 40_000, 64 if quick else 2048, 32 if quick else 256
+        )
 
     print(f"3DGAN on {card}, {geometry.name}, torch {torch.__version__}")
     print("matmul TFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in result["matmul_tflops"].items()))
@@ -213,6 +319,14 @@ def main() -> None:
             f"after {f['steps']} steps ({f['train_minutes']} min): E_sum/E_p GAN {f['esum_over_ep_gan']:.4f} vs MC "
             f"{f['esum_over_ep_mc']:.4f}; mean E at 20 / 90 GeV: GAN {f['mean_gev_gan_20']:.3f} / "
             f"{f['mean_gev_gan_90']:.3f} GeV, MC {f['mean_gev_mc_20']:.3f} / {f['mean_gev_mc_90']:.3f} GeV"
+        )
+    if "flow_fidelity" in result:
+        f = result["flow_fidelity"]
+        print(
+            f"flow after {f['steps']} steps ({f['train_minutes']} min, {f['train_samples_per_s']:.0f} samples/s): "
+            f"E_sum/E_p {f['esum_over_ep_flow']:.4f} vs MC {f['esum_over_ep_mc']:.4f}; mean E at 20 / 90 GeV: "
+            f"flow {f['mean_gev_flow_20']:.3f} / {f['mean_gev_flow_90']:.3f} GeV, MC {f['mean_gev_mc_20']:.3f} / "
+            f"{f['mean_gev_mc_90']:.3f} GeV; generation {f['generation_showers_per_s']:.0f} showers/s"
         )
     print(json.dumps(result))
 

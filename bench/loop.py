@@ -30,7 +30,7 @@ from dt_assets.twin import DagsterDev, react, start_sensors
 
 GEOMETRY = "small_ecal_15x15x12"
 LIGHT = {
-    "retrain": {"gan_model": {"epochs": 1, "max_steps_per_epoch": 3, "batch_size": 16}},
+    "retrain": {"flow_model": {"epochs": 1, "max_steps_per_epoch": 3, "batch_size": 16, "stage2_hidden": 64}},
     "validation": {
         "mc_reference": {"events_per_cell": 100, "n_energies": 1, "angles_deg": [90.0]},
         "validation_report": {"bootstrap": 5, "classifier_epochs": 2},

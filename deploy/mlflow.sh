@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The MLflow tracking server of a CaloTwin deployment.
 #
-# Runs, metrics, parameters and the model registry (calotwin-3dgan, aliases champion/challenger)
+# Runs, metrics, parameters and the model registry (calotwin-generator, aliases champion/challenger)
 # live in PostgreSQL; artifacts (the logged generators, loss curves, validation reports) live on the
 # object store, read and written by this server only (--serve-artifacts, MLflow's default): CaloTwin's
 # processes need no object-store credentials for MLflow, only CALOTWIN_MLFLOW_URI=http://<host>:<port>.

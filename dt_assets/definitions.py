@@ -11,12 +11,13 @@ from .defs.jobs import (
     ingest_runs_job,
     promote_job,
     register_runs_job,
+    train_flow_job,
     train_job,
     validate_job,
     validate_model_job,
 )
 from .defs.loop import loop_schedules, loop_sensors, quarantined_files
-from .defs.model import gan_model
+from .defs.model import flow_model, gan_model
 from .defs.preprocess import preprocessed_showers, training_set
 from .defs.validation import (
     champion_model,
@@ -35,6 +36,7 @@ defs = dg.Definitions(
         training_set,
         hpo_study,
         gan_model,
+        flow_model,
         mc_reference,
         generated_showers,
         validation_report,
@@ -44,7 +46,15 @@ defs = dg.Definitions(
         quarantined_files,
     ],
     asset_checks=validation_checks,
-    jobs=[register_runs_job, ingest_runs_job, train_job, validate_job, validate_model_job, promote_job],
+    jobs=[
+        register_runs_job,
+        ingest_runs_job,
+        train_job,
+        train_flow_job,
+        validate_job,
+        validate_model_job,
+        promote_job,
+    ],
     sensors=loop_sensors,
     schedules=loop_schedules,
     resources={

@@ -35,7 +35,7 @@ LOOP_SENSORS = (
     "promote_after_validation",
     "promote_after_failed_validation",
 )
-LOOP_JOBS = ("ingest_runs", "train_gan", "validate_model", "promote_champion")
+LOOP_JOBS = ("ingest_runs", "train_flow", "train_gan", "validate_model", "promote_champion")
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 

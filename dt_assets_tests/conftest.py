@@ -56,7 +56,7 @@ def demo_home(tmp_path_factory) -> tuple[Path, str]:
     return home, run.stdout
 
 
-def register_untrained_generator(alias: str = "challenger", seed: int = 0, name: str = "calotwin-3dgan") -> str:
+def register_untrained_generator(alias: str = "challenger", seed: int = 0, name: str = "calotwin-generator") -> str:
     """An untrained small-preset generator, registered in ``$CALOTWIN_HOME``'s MLflow with ``alias``; its version."""
     import mlflow
     import torch
@@ -72,3 +72,27 @@ def register_untrained_generator(alias: str = "challenger", seed: int = 0, name:
         version = log_generator(build_generator(SMALL), name)
     set_alias(alias, version.version, name)
     return version.version
+
+
+def torchrun_training(store: str, folder: Path, *extra: str) -> list[dict]:
+    """Two-process DDP training (torchrun, gloo, one thread each) of the small preset on ``store`` for one epoch of 3
+    steps, checkpointing in ``folder/ckpt``; each rank's report (rank, world size, weights checksum, history)."""
+    import json
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = ["--data", store, "--checkpoint", str(folder / "ckpt"), "--geometry", SMALL, "--epochs", "1"]
+    args += ["--max-steps-per-epoch", "3", "--report", str(folder / "rank{rank}.json"), *extra]
+    run = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "dt_assets.model.cli", "train", *args],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    reports = [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in reports] == [2, 2] and [r["rank"] for r in reports] == [0, 1]
+    assert reports[0]["generator_checksum"] == reports[1]["generator_checksum"]  # DDP kept the weights in sync
+    return reports

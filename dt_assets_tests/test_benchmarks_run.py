@@ -30,3 +30,5 @@ def test_gpu_benchmark_needs_only_torch_numpy_and_xarray(tmp_path):
     assert {r["precision"] for r in result["generation"]} == {"fp32", "bf16"}
     assert all(r["samples_per_s"] > 0 for r in result["training_step"])
     assert result["fidelity"]["steps"] > 0 and result["fidelity"]["esum_over_ep_mc"] > 0
+    flow = result["flow_fidelity"]
+    assert flow["steps"] > 0 and flow["esum_over_ep_flow"] > 0 and flow["generation_showers_per_s"] > 0

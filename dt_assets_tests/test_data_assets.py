@@ -56,6 +56,7 @@ def test_definitions_load_with_the_pinned_graph():
         "training_set",
         "hpo_study",
         "gan_model",
+        "flow_model",
         "mc_reference",
         "generated_showers",
         "validation_report",
@@ -79,10 +80,11 @@ def test_definitions_load_with_the_pinned_graph():
         "training_set": {"preprocessed_showers"},
         "hpo_study": {"training_set"},
         "gan_model": {"training_set", "hpo_study"},
-        "generated_showers": {"mc_reference", "gan_model"},
+        "flow_model": {"training_set", "hpo_study"},
+        "generated_showers": {"mc_reference", "gan_model", "flow_model"},
         "validation_report": {"generated_showers", "mc_reference"},
         "champion_model": {"validation_report"},
-        "speed_benchmark": {"gan_model"},
+        "speed_benchmark": {"gan_model", "flow_model"},
         "exported_generator": {"champion_model"},
     }
     for child, parents in lineage.items():
@@ -93,6 +95,7 @@ def test_definitions_load_with_the_pinned_graph():
         "register_runs",
         "ingest_runs",
         "train_gan",
+        "train_flow",
         "validate_and_promote",
         "validate_model",
         "promote_champion",
@@ -113,7 +116,8 @@ def test_definitions_load_with_the_pinned_graph():
             "promote_after_failed_validation",
         )
     }
-    assert graph.get(dg.AssetKey("gan_model")).pools == graph.get(dg.AssetKey("hpo_study")).pools == {"training"}
+    pools = [graph.get(dg.AssetKey(key)).pools for key in ("gan_model", "flow_model", "hpo_study")]
+    assert pools == [{"training"}] * 3
     assert set(defs.resources) == {"storage", "compute", "mlflow", "registry"}
     assert type(defs.resources["compute"]).__name__ == "LocalCompute"  # no compute.yaml: in-process
     assert gan_model.required_resource_keys >= {"compute", "storage", "mlflow"}

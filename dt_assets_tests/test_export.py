@@ -68,11 +68,23 @@ def test_onnx_runtime_matches_pytorch_in_mev_for_any_batch_size(generator, onnx_
             expected = wrapper(*inputs).numpy()
         assert out.shape == (n, *generator.geometry.shape) and out.dtype == np.float32
         assert relative_error(out, expected, threshold_mev) <= MAX_RELATIVE_ERROR
-        # MeV: the untrained net's showers hold tens of GeV; nothing below the cut survives but zeros
-        assert out.sum(axis=(1, 2, 3)).min() > 1000
+        # MeV: the untrained net is calibrated to a 100 GeV shower's visible energy (about 1 GeV), whatever the
+        # conditions; nothing below the cut survives but zeros
+        assert out.sum(axis=(1, 2, 3)).min() > 100
         assert not ((out > 0) & (out < threshold_mev)).any()
     error = check_onnx(generator, onnx_file, n=16, seed=1)
     assert 0 < error <= MAX_RELATIVE_ERROR
+
+
+def test_a_cell_zeroed_by_one_output_counts_by_how_far_it_is_above_the_threshold():
+    expected = np.zeros((1, 2, 2, 1))
+    expected[0, 0, 0, 0], expected[0, 1, 1, 0] = 10.0, 0.10002  # a hot cell and one at the threshold
+    actual = expected.copy()
+    actual[0, 1, 1, 0] = 0.0  # rounding put it below: 2e-5 MeV of 10 MeV
+    assert relative_error(actual, expected, 0.1) == pytest.approx(2e-6, rel=1e-3)
+    assert relative_error(expected, actual, 0.1) == pytest.approx(2e-6, rel=1e-3)
+    actual[0, 0, 0, 0] = 0.0  # the hot cell lost: counts in full
+    assert relative_error(actual, expected, 0.1) == pytest.approx(0.99)  # (10 - 0.1) / 10
 
 
 def test_the_check_refuses_an_export_of_another_model(generator, onnx_file):
@@ -83,7 +95,7 @@ def test_the_check_refuses_an_export_of_another_model(generator, onnx_file):
 
 def test_the_wrapper_is_generate_for_the_same_noise_and_conditions(generator):
     showers = generate(generator, 12, (1.0, 500.0), (60.0, 120.0), seed=7, device="cpu")
-    noise = torch.randn(12, generator.arch.latent_size - 2, generator=torch.Generator().manual_seed(7))
+    noise = torch.randn(12, generator.noise_size, generator=torch.Generator().manual_seed(7))
     energy = torch.as_tensor(showers["primary_energy"].values, dtype=torch.float32)
     theta = torch.as_tensor(showers["theta"].values, dtype=torch.float32)
     deposits = showers["energy_deposit"].values
@@ -105,7 +117,7 @@ def test_torchscript_loads_and_matches(generator, tmp_path):
 
 
 def test_the_interface_names_shapes_and_units(generator):
-    record = json.loads(json.dumps(interface(generator, "models:/calotwin-3dgan/3")))
+    record = json.loads(json.dumps(interface(generator, "models:/calotwin-generator/3")))
     assert [(i["name"], i["shape"], i["units"]) for i in record["inputs"]] == [
         ("noise", ["batch", 254], ""),
         ("energy_gev", ["batch"], "GeV"),
@@ -121,7 +133,48 @@ def test_the_interface_names_shapes_and_units(generator):
         }
     ]
     assert record["threshold_mev"] == pytest.approx(0.1)
-    assert record["model_uri"] == "models:/calotwin-3dgan/3" and record["geometry"]["name"] == SMALL
+    assert record["model_uri"] == "models:/calotwin-generator/3" and record["geometry"]["name"] == SMALL
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    """A small untrained flow generator, its standardisation from MC (so its showers look like showers)."""
+    from dt_assets import simulate
+    from dt_assets.model.flow import FlowGenerator, flow_architecture_for
+
+    geometry = build_generator(SMALL).geometry
+    torch.manual_seed(5)
+    model = FlowGenerator(geometry, flow_architecture_for(geometry, stage2_hidden=64, stage2_steps=4, stage1_steps=4))
+    mc = simulate(500, (10.0, 200.0), (60.0, 120.0), geometry=SMALL, seed=3)
+    deposits = torch.from_numpy(mc.energy_deposit.values)
+    energy, theta = (torch.from_numpy(mc[k].values).float() for k in ("primary_energy", "theta"))
+    model.fit_standardisation(model.summarise(deposits, energy, theta, torch.Generator().manual_seed(0)))
+    with torch.no_grad():  # velocity fields that move something (an untrained one starts at zero)
+        for field in (model.stage1, model.stage2):
+            field.out.weight.normal_(0, 0.01)
+    return model.eval()
+
+
+def test_the_flow_exports_with_its_ode_unrolled_and_onnx_runtime_matches(flow, tmp_path):
+    path = export_onnx(flow, tmp_path / "flow.onnx")
+    onnx.checker.check_model(onnx.load(str(path)))
+    wrapper = ExportedGenerator(flow).eval()
+    for n in (1, 7):
+        inputs = example_inputs(flow, n, seed=20 + n)
+        out = run_onnx(path, inputs)
+        with torch.no_grad():
+            expected = wrapper(*inputs).numpy()
+        assert out.shape == (n, 15, 15, 12)
+        assert relative_error(out, expected, 0.1) <= MAX_RELATIVE_ERROR
+        assert (out.sum(axis=(1, 2, 3)) > 0).all() and not ((out > 0) & (out < 0.1 * (1 - 1e-5))).any()
+    assert check_onnx(flow, path, n=32, seed=3) <= MAX_RELATIVE_ERROR
+    scripted = torch.jit.load(str(export_torchscript(flow, tmp_path / "flow.pt")))
+    inputs = example_inputs(flow, 5, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(*inputs), wrapper(*inputs), rtol=1e-5, atol=1e-4)
+    record = interface(flow)
+    assert record["family"] == "flow" and record["inputs"][0]["shape"] == ["batch", flow.noise_size]
+    assert record["architecture"]["stage2_steps"] == 4
 
 
 @pytest.fixture
@@ -146,8 +199,8 @@ def test_the_asset_exports_the_champion_with_its_interface(home, instance, stora
     assert result.success
     (materialization,) = result.asset_materializations_for_node("exported_generator")
     meta = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
-    folder = home / "exports" / "calotwin-3dgan" / f"v{version}"
-    assert meta["model_uri"] == f"models:/calotwin-3dgan/{version}"
+    folder = home / "exports" / "calotwin-generator" / f"v{version}"
+    assert meta["model_uri"] == f"models:/calotwin-generator/{version}"
     assert meta["onnx"] == str(folder / "generator.onnx") and meta["torchscript"] == str(folder / "generator.pt")
     assert 0 < meta["max_relative_error"] <= meta["relative_error_bound"] == MAX_RELATIVE_ERROR
     assert meta["onnx_opset"] == OPSET and meta["onnxruntime_version"]
@@ -166,7 +219,7 @@ def test_without_a_champion_the_asset_names_the_alias(home, instance, storage):
     assert not result.success
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     message = failure.step_failure_data.error.message
-    assert "models:/calotwin-3dgan@champion" in message and "materialize champion_model first" in message
+    assert "models:/calotwin-generator@champion" in message and "materialize champion_model first" in message
 
 
 def test_the_readme_example_runs_the_exported_file(generator, onnx_file, tmp_path):

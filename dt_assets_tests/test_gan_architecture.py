@@ -12,12 +12,14 @@ from torch import nn
 
 from dt_assets import build_generator, get_geometry, simulate
 from dt_assets.model.gan3d import (
+    COUNT_EDGES_MEV,
     REFERENCE,
     AngleEstimator,
     Discriminator,
     DiscriminatorOutput,
     Generator,
     architecture_for,
+    cell_counts,
     gan_losses,
     mape,
     parameter_count,
@@ -95,16 +97,36 @@ def test_real_fake_head_is_a_logit_and_the_bce_is_applied_once():
     assert terms["real_fake"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_loss_combines_four_weighted_terms():
+def test_loss_combines_five_weighted_terms():
+    counts = torch.tensor([[9.0, 3.0]] * 4)
     out = DiscriminatorOutput(
-        logit=torch.zeros(4), energy=torch.full((4,), 0.5), angle=torch.full((4,), 1.5), total=torch.full((4,), 2.0)
+        logit=torch.zeros(4),
+        energy=torch.full((4,), 0.5),
+        angle=torch.full((4,), 1.5),
+        total=torch.full((4,), 2.0),
+        counts=counts,
     )
-    total, terms = gan_losses(out, torch.ones(4), torch.ones(4), torch.full((4,), 1.0), torch.full((4,), 1.0))
+    args = (out, torch.ones(4), torch.ones(4), torch.full((4,), 1.0), torch.full((4,), 1.0))
+    total, terms = gan_losses(*args, weights=(3.0, 0.1, 25.0, 0.1, 0.1), counts=torch.tensor([[4.0, 3.0]] * 4))
     assert terms["energy"].item() == pytest.approx(50.0)  # MAPE in percent
     assert terms["angle"].item() == pytest.approx(0.5)
     assert terms["total"].item() == pytest.approx(100.0)
-    assert total.item() == pytest.approx(3 * math.log(2) + 0.1 * 50 + 25 * 0.5 + 0.1 * 100, rel=1e-5)
+    assert terms["counts"].item() == pytest.approx((100 * 5 / 5 + 0) / 2)  # |9 - 4| / (4 + 1), 0 in the second bin
+    assert total.item() == pytest.approx(3 * math.log(2) + 0.1 * 50 + 25 * 0.5 + 0.1 * 100 + 0.1 * 50, rel=1e-5)
+    four, _ = gan_losses(*args)  # the four terms of the reference's combined loss without the histogram
+    assert four.item() == pytest.approx(3 * math.log(2) + 0.1 * 50 + 25 * 0.5 + 0.1 * 100, rel=1e-5)
     assert mape(torch.tensor([1.1]), torch.tensor([1.0])).item() == pytest.approx(10.0, rel=1e-5)
+
+
+def test_cell_counts_histogram_cell_energies_with_gradients():
+    cells = torch.zeros(1, 2, 2, 2)
+    cells[0, 0, 0, 0], cells[0, 1, 0, 0], cells[0, 1, 1, 0], cells[0, 1, 1, 1] = 0.2, 0.5, 5.0, 50.0  # MeV
+    cells.requires_grad_(True)
+    counts = cell_counts(cells)
+    assert counts.shape == (1, len(COUNT_EDGES_MEV) - 1)
+    torch.testing.assert_close(counts[0], torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 1.0]), atol=0.05, rtol=0)
+    counts[0, 0].backward()  # the soft edges pass a gradient to the cells near them
+    assert torch.isfinite(cells.grad).all() and cells.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("preset", ["clic_ecal_25x25x25", "small_ecal_15x15x12"])
@@ -115,8 +137,22 @@ def test_scaled_down_variants_make_the_grid_of_their_geometry(preset):
     cells = generator(torch.randn(3, 256))
     assert cells.shape == (3, 1, *geometry.shape)
     assert parameter_count(generator) < parameter_count(Generator(REFERENCE))
-    assert discriminator(cells).logit.shape == (3,)
+    conditions = torch.tensor([[0.5, 1.5]] * 3)
+    assert discriminator(cells, conditions).logit.shape == (3,)
+    with pytest.raises(ValueError, match="real/fake head is conditioned"):
+        discriminator(cells)
     assert arch.noise_times_energy and not REFERENCE.noise_times_energy
+    assert arch.conditioned_discriminator and not REFERENCE.conditioned_discriminator
+
+
+def test_the_conditioned_real_fake_head_responds_to_the_conditions():
+    geometry = get_geometry("small_ecal_15x15x12")
+    discriminator = Discriminator(architecture_for(geometry), geometry).eval()
+    cells = torch.rand(2, 1, *geometry.shape)
+    with torch.no_grad():
+        low = discriminator(cells, torch.tensor([[0.2, 1.5]] * 2)).logit
+        high = discriminator(cells, torch.tensor([[1.8, 1.5]] * 2)).logit
+    assert not torch.allclose(low, high)  # the same showers judged differently at another energy
 
 
 def test_angle_estimator_measures_theta_from_barycentres():
@@ -147,5 +183,5 @@ def test_discriminator_total_is_the_sum_of_the_unscaled_cells():
     geometry = get_geometry("small_ecal_15x15x12")
     discriminator = Discriminator(architecture_for(geometry), geometry, power=0.85)
     unscaled = torch.rand(2, 1, *geometry.shape)
-    out = discriminator(unscaled.pow(0.85))
+    out = discriminator(unscaled.pow(0.85), torch.ones(2, 2))
     torch.testing.assert_close(out.total, unscaled.sum(dim=(1, 2, 3, 4)), rtol=1e-4, atol=1e-4)

@@ -22,10 +22,11 @@ from slurm_cluster import slurm  # noqa: F401  (the fixture)
 
 from conftest import SMALL
 from dt_assets import load_generator
-from dt_assets.defs.configs import GanModelConfig, HpoSearchSpaceConfig, HpoStudyConfig
+from dt_assets.defs.configs import FlowModelConfig, GanModelConfig, HpoSearchSpaceConfig, HpoStudyConfig
 from dt_assets.defs.hpo import default_study_storage, hpo_study
 from dt_assets.defs.model import gan_model
 from dt_assets.defs.pipeline import QUIET, materialize_training_set
+from dt_assets.model.flow_training import FlowTrainConfig
 from dt_assets.model.hpo import HpoJob, claim_trial, enqueue_budget, open_study, run_worker, summarise
 from dt_assets.model.registry import default_tracking_uri
 from dt_assets.model.search_space import SearchSpace, apply_parameters
@@ -87,13 +88,33 @@ def test_parameters_go_into_the_training_config_by_gan_model_field_name():
     config = apply_parameters(TrainConfig(), params)
     assert config.loss_weights == (3.0, 0.1, 12.5, 0.1) and config.batch_size == 16 and config.latent_size == 40
     assert config.lr_generator == 1e-4 and config.lr_discriminator == 1e-3
-    with pytest.raises(ValueError, match="unknown hyper-parameter"):
+    with pytest.raises(ValueError, match="unknown 3dgan hyper-parameter"):
         apply_parameters(TrainConfig(), {"momentum": 0.9})
     with pytest.raises(ValueError, match="latent_size must be an integer >= 3"):
         TrainConfig(latent_size=2)
     assert "latent_size" not in TrainConfig().to_dict()  # training keys of untuned trainings are unchanged
     tuned = GanModelConfig().with_hyperparameters({"latent_size": 40, "weight_total": 0.5})
     assert tuned.train_config().latent_size == 40 and tuned.train_config().loss_weights[3] == 0.5
+
+
+def test_a_flow_study_tunes_the_flow_s_fields_only():
+    space = HpoSearchSpaceConfig().search_space("flow")
+    assert space.tuned() == ("lr", "ema_decay", "batch_size", "stage2_hidden")
+    assert space.batch_size == (128, 256, 512)  # the flow's own default choices
+    assert HpoSearchSpaceConfig().search_space("3dgan").batch_size == (16, 32, 64)
+    study = optuna.create_study()
+    params = space.suggest(study.ask())
+    assert set(params) == set(space.tuned()) and 1e-4 <= params["lr"] <= 3e-3
+    config = apply_parameters(FlowTrainConfig(), params)
+    assert config.lr == params["lr"] and config.stage2_hidden == params["stage2_hidden"]
+    with pytest.raises(ValueError, match="unknown flow hyper-parameter"):
+        apply_parameters(FlowTrainConfig(), {"lr_generator": 1e-4})
+    tuned = FlowModelConfig().with_hyperparameters({"lr": 5e-4, "stage2_hidden": 512})
+    assert tuned.train_config().lr == 5e-4 and tuned.train_config().stage2_hidden == 512
+    with pytest.raises(ValueError, match="unknown flow parameter"):
+        FlowModelConfig().with_hyperparameters({"weight_angle": 3.0})
+    with pytest.raises(ValidationError, match=r"search_space.ema_decay: must lie in \[0, 1\)"):
+        HpoSearchSpaceConfig(ema_decay=[0.9, 1.5])
 
 
 def test_a_trial_worse_than_the_median_is_pruned(tmp_path):
@@ -171,7 +192,7 @@ def test_two_workers_share_a_study_and_its_best_parameters_feed_gan_model(home, 
 
     # every trial 0..3 once, finished (none lost, none run twice), in the default sqlite under the data home
     assert default_study_storage() == f"sqlite:///{home}/hpo/optuna.db"
-    study = optuna.load_study(study_name="calotwin-3dgan-hpo", storage=default_study_storage())
+    study = optuna.load_study(study_name="calotwin-hpo", storage=default_study_storage())
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
@@ -194,7 +215,7 @@ def test_two_workers_share_a_study_and_its_best_parameters_feed_gan_model(home, 
     assert metadata["best_trial"].value == best.number and metadata["best_value"].value == pytest.approx(best.value)
     assert metadata["best_params"].value == best.params
     assert metadata["launcher"].value == "LocalCompute" and metadata["retried"].value == []
-    trials_folder = home / "hpo" / "calotwin-3dgan-hpo" / "trials"
+    trials_folder = home / "hpo" / "calotwin-hpo" / "trials"
     assert [p.name for p in trials_folder.iterdir()] == [f"trial-{best.number:04d}"]  # the others' are removed
     for plot in ("optimization_history", "param_importances"):
         assert metadata[plot].value.startswith(f"![{plot.replace('_', ' ')}](data:image/png;base64,"), plot
@@ -216,7 +237,7 @@ def test_two_workers_share_a_study_and_its_best_parameters_feed_gan_model(home, 
         assert [m.step for m in scores] == sorted(trial.intermediate_values)
 
     # a worker started on the finished study finds nothing to do: no trial runs twice
-    (job_file,) = (home / "hpo" / "calotwin-3dgan-hpo").glob("*/job.json")
+    (job_file,) = (home / "hpo" / "calotwin-hpo").glob("*/job.json")
     assert run_worker(HpoJob.from_json(job_file.read_text()), worker=7) == []
     assert len(study.get_trials()) == 4
     stored = json.loads((home / "hpo" / "hpo_study.json").read_text())
@@ -236,7 +257,7 @@ def test_two_workers_share_a_study_and_its_best_parameters_feed_gan_model(home, 
     )
     model = trained.asset_materializations_for_node("gan_model")[0].metadata
     run = client.get_run(model["mlflow_run_id"].value)
-    assert run.data.tags["hyperparameters_source"].endswith("hpo/calotwin-3dgan-hpo/best.json")
+    assert run.data.tags["hyperparameters_source"].endswith("hpo/calotwin-hpo/best.json")
     for name, value in best.params.items():
         assert float(run.data.params[name]) == pytest.approx(value), name
     generator = load_generator(model["model_uri"].value)
@@ -259,6 +280,16 @@ def test_gan_model_refuses_hyperparameters_of_another_geometry(home, instance, t
     )
     message = result.get_step_failure_events()[0].event_specific_data.error.message
     assert "the study tuned geometry 'clic_ecal_51x51x25', this training is on 'small_ecal_15x15x12'" in message
+    best.write_text(json.dumps({"geometry": SMALL, "family": "flow", "params": {"lr": 1e-4}}))
+    result = dg.materialize(
+        [gan_model],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"gan_model": {"config": {"hyperparameters_from": str(best)}}}, **QUIET},
+        raise_on_error=False,
+    )
+    message = result.get_step_failure_events()[0].event_specific_data.error.message
+    assert "the study tuned the flow family, this training is a 3dgan" in message
 
 
 DYING_WORKER = """

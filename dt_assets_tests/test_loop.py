@@ -28,7 +28,7 @@ from dt_assets.defs.loop import (
     validation_request,
     weekly_full_retraining,
 )
-from dt_assets.defs.model import gan_model
+from dt_assets.defs.model import flow_model, gan_model
 from dt_assets.defs.preprocess import preprocessed_showers, training_set
 from dt_assets.defs.twin_settings import TwinSettings, load_settings
 from dt_assets.home import ensure_dagster_home
@@ -38,9 +38,13 @@ from dt_assets.twin import LOOP_SENSORS
 from resources import LocalCompute, LocalStorage, ModelRegistry, tracking_resource
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-MODEL = "calotwin-3dgan"
+MODEL = "calotwin-generator"
 FAST = TwinSettings.model_validate(
-    {"retrain": {"gan_model": {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 16}}}
+    {"retrain": {"family": "3dgan", "gan_model": {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 16}}}
+)
+#: the loop's default family, the flow, with a tiny training
+FAST_FLOW = TwinSettings.model_validate(
+    {"retrain": {"flow_model": {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 16, "stage2_hidden": 32}}}
 )
 
 
@@ -203,9 +207,9 @@ def ingest(instance, storage, key_seed: int) -> str:
     return key
 
 
-def retrain(instance, storage, cursor=None):
+def retrain(instance, storage, cursor=None, settings=FAST):
     context = dg.build_sensor_context(instance=instance, cursor=cursor)
-    return retrain_tick(context, storage, ModelRegistry(), FAST)
+    return retrain_tick(context, storage, ModelRegistry(), settings)
 
 
 def test_retraining_waits_for_ingestion_warm_starts_from_the_champion_and_takes_all_new_data(home, storage, instance):
@@ -233,7 +237,7 @@ def test_retraining_waits_for_ingestion_warm_starts_from_the_champion_and_takes_
     )
     meta = {k: v.value for k, v in trained.asset_materializations_for_node("gan_model")[0].metadata.items()}
     assert meta["warm_start"] == f"models:/{MODEL}/{champion}" and meta["geometry"] == SMALL
-    assert set(meta["partitions"].split(",")) == {first, second} == latest_trained(instance, SMALL)
+    assert set(meta["partitions"].split(",")) == {first, second} == latest_trained(instance, SMALL, "3dgan")
     assert not retrain(instance, storage, result.cursor).run_requests  # nothing new since
 
     # the finished training's version is validated next, with the loop's settings
@@ -244,6 +248,33 @@ def test_retraining_waits_for_ingestion_warm_starts_from_the_champion_and_takes_
     assert ops["mc_reference"]["config"]["geometry"] == SMALL and validation.tags[LOOP_TAG] == "validate"
     # a run that is not a loop validation, or that wrote no report, gets no promotion
     assert isinstance(promotion_request(instance, run, FAST), dg.SkipReason)
+
+
+def test_the_loop_retrains_its_family_and_warm_starts_only_from_a_champion_of_that_family(home, storage, instance):
+    first = ingest(instance, storage, 35)
+    register_champion(7)  # a 3DGAN champion: a flow cannot start from it
+    result = retrain(instance, storage, settings=FAST_FLOW)
+    (request,) = result.run_requests
+    assert set(request.run_config["ops"]) == {"flow_model"}
+    assert request.run_config["ops"]["flow_model"]["config"]["warm_start"] == ""
+    trained = dg.materialize(
+        [training_set, flow_model],
+        instance=instance,
+        resources={"storage": storage, "compute": LocalCompute(), "mlflow": tracking_resource()},
+        run_config={**request.run_config, **QUIET},
+        tags=request.tags,
+    )
+    meta = {k: v.value for k, v in trained.asset_materializations_for_node("flow_model")[0].metadata.items()}
+    assert meta["family"] == "flow" and latest_trained(instance, SMALL, "flow") == {first}
+    assert latest_trained(instance, SMALL, "3dgan") == set()  # the 3DGAN's latest model saw none of it
+    validation = validation_request(instance, instance.get_run_by_id(trained.run_id), FAST_FLOW)
+    assert validation.run_config["ops"]["generated_showers"]["config"]["model_uri"] == meta["model_uri"]
+    from dt_assets.model.registry import set_alias
+
+    set_alias("champion", meta["model_version"], MODEL)  # now a flow is the champion
+    ingest(instance, storage, 36)
+    (request,) = retrain(instance, storage, settings=FAST_FLOW).run_requests
+    assert request.run_config["ops"]["flow_model"]["config"]["warm_start"] == meta["model_uri"]
 
 
 def test_data_that_lands_during_a_training_goes_into_the_next_one_and_a_canceled_one_is_not_retried(
@@ -289,8 +320,8 @@ def test_schedules_are_off_by_default_and_build_their_runs(home, instance):
     assert request.run_config["ops"]["generated_showers"]["config"]["model_uri"] == f"models:/{MODEL}/{champion}"
     assert request.tags[LOOP_TAG] == "revalidate"
     weekly = weekly_full_retraining(dg.build_schedule_context(scheduled_execution_time=_dt("2026-11-29")))
-    config = weekly.run_config["ops"]["gan_model"]["config"]
-    assert config["warm_start"] == "" and config["seed"] == 202648 and config["epochs"] == 20
+    config = weekly.run_config["ops"]["flow_model"]["config"]  # the loop's default family
+    assert config["warm_start"] == "" and config["seed"] == 202648 and config["epochs"] == 12
 
 
 def _dt(day: str):
@@ -301,10 +332,11 @@ def _dt(day: str):
 
 def test_settings_file_overrides_and_bad_values_are_named(tmp_path):
     path = tmp_path / "twin.yaml"
-    path.write_text("landing: {min_interval_seconds: 5}\nretrain: {gan_model: {epochs: 2}}\n")
+    path.write_text("landing: {min_interval_seconds: 5}\nretrain: {family: 3dgan, gan_model: {epochs: 2}}\n")
     settings = load_settings(path)
     assert settings.landing.min_interval_seconds == 5 and settings.retrain.gan_model.epochs == 2
     assert settings.retrain.gan_model.max_steps_per_epoch == 0  # a section given replaces the loop's default
+    assert settings.training_run_config("")["ops"]["gan_model"]["config"]["epochs"] == 2
     for text, named in [
         ("landing: {min_interval_seconds: 0}", "landing.min_interval_seconds"),
         (
@@ -315,6 +347,7 @@ def test_settings_file_overrides_and_bad_values_are_named(tmp_path):
         ("validation: {mc_reference: {events_per_cell: -3}}", "validation.mc_reference.events_per_cell"),
         ("landing: {energy_range_gev: [500, 1]}", "energy_range_gev"),
         ("retrain: {epochs: 2}", "retrain.epochs"),
+        ("retrain: {family: vae}", "retrain.family: Input should be '3dgan' or 'flow'"),
         ("- a list", "expected a mapping"),
         ("landing: {", "not valid YAML"),
     ]:

@@ -37,10 +37,14 @@ from dt_assets.validation.config import DEFAULT_THRESHOLDS
 
 pytestmark = pytest.mark.slow
 
-#: a CPU-sized loop: 1-second sensors, a 3-step training, a one-cell validation whose checks all pass
+#: a CPU-sized loop: 1-second sensors, a 3-step training of the loop's default family (the flow), a one-cell
+#: validation whose checks all pass
 TWIN = {
     "landing": {"min_interval_seconds": 1},
-    "retrain": {"min_interval_seconds": 1, "gan_model": {"epochs": 1, "max_steps_per_epoch": 3, "batch_size": 16}},
+    "retrain": {
+        "min_interval_seconds": 1,
+        "flow_model": {"epochs": 1, "max_steps_per_epoch": 3, "batch_size": 16, "stage2_hidden": 64},
+    },
     "validation": {
         "mc_reference": {"events_per_cell": 100, "n_energies": 1, "angles_deg": [90.0]},
         "validation_report": {
@@ -50,7 +54,7 @@ TWIN = {
         },
     },
 }
-LOOP = ("ingest_runs", "train_gan", "validate_model", "promote_champion")
+LOOP = ("ingest_runs", "train_flow", "validate_model", "promote_champion")
 DEADLINE_S = 600
 
 
@@ -81,7 +85,7 @@ def partitions(port: int) -> list[str]:
 
 def champion(home: Path) -> str | None:
     client = MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow/mlflow.db")
-    version = client.get_registered_model("calotwin-3dgan").aliases.get("champion")
+    version = client.get_registered_model("calotwin-generator").aliases.get("champion")
     return None if version is None else str(version)
 
 
@@ -117,15 +121,19 @@ def test_a_landed_file_is_ingested_retrained_validated_and_promoted_unattended(t
     ingest, train, validate, promote = runs
     assert ingest["tags"]["dagster/partition"] == key and ingest["tags"]["calotwin/loop"] == "ingest"
     assert train["tags"]["calotwin/new_runs"] == key and train["tags"]["calotwin/warm_start"] == ""
-    assert validate["tags"]["calotwin/model_uri"] == "models:/calotwin-3dgan/1" == promote["tags"]["calotwin/model_uri"]
+    assert (
+        validate["tags"]["calotwin/model_uri"]
+        == "models:/calotwin-generator/1"
+        == promote["tags"]["calotwin/model_uri"]
+    )
     assert partitions(port) == [key]
     assert landed.parent.name == key
     assert not list((home / "landing").iterdir())
     decision = latest_metadata(port, "champion_model")
     assert decision["promoted"] is True and decision["reason"] and decision["candidate_version"] == 1
     assert champion(home) == "1"
-    model = latest_metadata(port, "gan_model")
-    assert model["partitions"] == key and model["run_id"] == train["runId"]
+    model = latest_metadata(port, "flow_model")
+    assert model["partitions"] == key and model["run_id"] == train["runId"] and model["family"] == "flow"
 
     # a bad file: quarantined with its reason, and nothing else changes
     bad = home / "landing" / "bad-nan.h5"

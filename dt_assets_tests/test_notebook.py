@@ -89,17 +89,20 @@ def test_the_notebook_runs_on_the_demo_data(notebook_home: Path, tmp_path: Path)
     assert f"data home:    {home}\n" in out and f"Dagster home: {home / 'dagster'}\n" in out
     # 1. the champion when the demo promoted version 1, else the challenger, with the reason
     registry = MlflowClient(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
-    aliases = {alias: version for alias, version in registry.get_registered_model("calotwin-3dgan").aliases.items()}
+    aliases = {alias: version for alias, version in registry.get_registered_model("calotwin-generator").aliases.items()}
     expected = "champion" if "champion" in aliases else "challenger"
-    assert f"loaded models:/calotwin-3dgan@{expected} -> models:/calotwin-3dgan/1 (version 1, the {expected})" in out
-    assert ("No champion: models:/calotwin-3dgan@champion does not exist" in out) == (expected == "challenger")
+    assert (
+        f"loaded models:/calotwin-generator@{expected} -> models:/calotwin-generator/1 (version 1, the {expected})"
+        in out
+    )
+    assert ("No champion: models:/calotwin-generator@champion does not exist" in out) == (expected == "challenger")
     assert "geometry small_ecal_15x15x12: 15 x 15 cells x 12 layers" in out
     # 2. and 3. showers in every cell, the validation's verdict, failures and the report
-    assert re.search(r"^GAN: 800 showers in [\d.]+ s; MC: 1600 showers in [\d.]+ s$", out, flags=re.M), out
+    assert re.search(r"^generator: 800 showers in [\d.]+ s; MC: 1600 showers in [\d.]+ s$", out, flags=re.M), out
     verdict = re.search(rf"^validation: (PASSED|FAILED): coverage \d+% \(\d+/{DEFAULT_CELLS} cells\)", out, flags=re.M)
     assert verdict, out
     (report,) = re.findall(r"^report: (\S+)$", out, flags=re.M)
-    assert Path(report) == home / "notebooks" / "calotwin-3dgan-v1" / "report.html"
+    assert Path(report) == home / "notebooks" / "calotwin-generator-v1" / "report.html"
     assert "data:image/png;base64" in Path(report).read_text()
     result = json.loads((Path(report).parent / "result.json").read_text())
     assert result["passed"] == (verdict.group(1) == "PASSED")

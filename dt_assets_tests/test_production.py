@@ -35,7 +35,7 @@ from resources import LocalStorage, ObjectStorage, storage_from_env
 
 DEPLOY_YAML = REPO / "deploy" / "dagster.yaml"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-MODEL = "calotwin-3dgan"
+MODEL = "calotwin-generator"
 PREFIX = "calotwin"  # the storage root in the bucket: s3://<bucket>/calotwin
 SIMULATION = {"n_events": 256, "energy_min_gev": 10.0, "energy_max_gev": 100.0, "geometry": SMALL, "seed": 7}
 GAN = {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 16}

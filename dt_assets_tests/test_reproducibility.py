@@ -14,7 +14,7 @@ import zarr
 from mlflow import MlflowClient
 
 from conftest import SMALL
-from dt_assets.defs.model import gan_model
+from dt_assets.defs.model import flow_model, gan_model
 from dt_assets.defs.pipeline import materialize_training_set
 from dt_assets.model.cli import main as cli
 from dt_assets.model.record import (
@@ -37,7 +37,7 @@ TRAIN = {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16, "seed": 5}
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory):
-    """A data home with a small gan_model registered twice: models:/calotwin-3dgan/1 (2 epochs) and /2 (3
+    """A data home with a small gan_model registered twice: models:/calotwin-generator/1 (2 epochs) and /2 (3
     epochs, resumed from the first's checkpoint). Yields (the first's metadata, the run key)."""
     home = tmp_path_factory.mktemp("reproducibility") / "calotwin"
     with pytest.MonkeyPatch.context() as mp, dg.DagsterInstance.ephemeral() as instance:
@@ -63,11 +63,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 
 def test_a_registered_version_is_rebuilt_bit_identically_from_its_record(trained, tmp_path, capsys):
     metadata, key = trained
-    assert metadata["model_uri"].value == "models:/calotwin-3dgan/1"
+    assert metadata["model_uri"].value == "models:/calotwin-generator/1"
     model_uri = metadata["model_uri"].value
     record = read_record(model_uri)
     assert metadata["reproducibility_record"].value.endswith("reproducibility/record.json")
-    version = MlflowClient(default_tracking_uri()).get_model_version("calotwin-3dgan", "1")
+    version = MlflowClient(default_tracking_uri()).get_model_version("calotwin-generator", "1")
     assert version.tags[RECORD_TAG] == record.checksum()
     # what it holds
     assert record.schema_version == SCHEMA_VERSION and record.geometry == SMALL
@@ -76,6 +76,7 @@ def test_a_registered_version_is_rebuilt_bit_identically_from_its_record(trained
     assert store.n_train > 0 and store.n_validation > 0
     assert record.config["seed"] == 5 and record.config["epochs"] == 2 and record.config["max_steps_per_epoch"] == 2
     assert record.config["batch_size"] == 16 and record.config["loss_weights"] == [3.0, 0.1, 25.0, 0.1]
+    assert record.family == "3dgan" and record.config["weight_count"] == 0.0
     assert record.warm_start is None and record.stages == [2]
     assert record.code_version == __version__ and record.git_commit
     env = record.environment
@@ -99,11 +100,11 @@ def test_a_registered_version_is_rebuilt_bit_identically_from_its_record(trained
 
 
 def test_a_resumed_training_is_rebuilt_stage_by_stage(trained, tmp_path):
-    record = read_record("models:/calotwin-3dgan/2")
+    record = read_record("models:/calotwin-generator/2")
     assert record.stages == [2, 3] and record.config["epochs"] == 3
     result = reproduce(record, str(tmp_path / "again"))
     assert len(result.history) == 3 and result.resumed_from_epoch == 2
-    assert compare_weights(result.generator, download_generator("models:/calotwin-3dgan/2")) == (True, 0.0)
+    assert compare_weights(result.generator, download_generator("models:/calotwin-generator/2")) == (True, 0.0)
 
 
 def test_changed_or_missing_training_data_is_detected_and_named(trained, tmp_path):
@@ -127,3 +128,31 @@ def test_changed_or_missing_training_data_is_detected_and_named(trained, tmp_pat
     shutil.rmtree(copy)
     with pytest.raises(DataChangedError, match=f"store {copy} .*missing"):
         verify_data(moved)
+
+
+def test_a_flow_version_records_its_family_and_is_rebuilt_bit_identically(tmp_path):
+    """The flow family through flow_model: the record names the family and the particle, and rebuilds it."""
+    home = tmp_path / "calotwin"
+    with pytest.MonkeyPatch.context() as mp, dg.DagsterInstance.ephemeral() as instance:
+        mp.setenv("CALOTWIN_HOME", str(home))
+        mp.setenv("DAGSTER_HOME", str(home / "dagster"))
+        mp.delenv("CALOTWIN_STORAGE_URL", raising=False)
+        resources = {"storage": LocalStorage(), "compute": LocalCompute(), "mlflow": tracking_resource()}
+        sims = [{"n_events": 600, "energy_min_gev": 10.0, "energy_max_gev": 100.0, "geometry": SMALL, "seed": 4}]
+        materialize_training_set(instance, resources, sims)
+        config = {"epochs": 2, "max_steps_per_epoch": 3, "batch_size": 32, "stage2_hidden": 64, "seed": 5}
+        result = dg.materialize(
+            [flow_model],
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"flow_model": {"config": config}}, **QUIET},
+        )
+        model_uri = result.asset_materializations_for_node("flow_model")[0].metadata["model_uri"].value
+        mlflow.set_tracking_uri(default_tracking_uri())
+        record = read_record(model_uri)
+        assert record.family == "flow" and record.particle == "e-"
+        assert record.config["stage2_hidden"] == 64 and record.config["lr"] == 1e-3
+        assert ReproducibilityRecord.from_json(record.to_json()) == record
+        rebuilt = reproduce(record, str(tmp_path / "again"))
+        assert rebuilt.generator.family == "flow"
+        assert compare_weights(rebuilt.generator, download_generator(model_uri)) == (True, 0.0)

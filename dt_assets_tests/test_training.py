@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, SMALL
+from conftest import REPO, SMALL, torchrun_training
 from dt_assets import build_generator, generate, get_geometry, load_generator, simulate, simulate_blocks
 from dt_assets.model.preprocess import preprocess_blocks
 from dt_assets.model.stream import TrainingData
@@ -49,20 +48,24 @@ def mean_visible(generator, energy: float, n: int = 200) -> float:
     return float(generate(generator, n, energy, 90.0, seed=5).energy_deposit.sum(("x", "y", "z")).mean())
 
 
-def test_losses_fall_and_generated_energy_moves_toward_the_mc(trained):
-    first, last = trained.history[0], trained.history[-1]
-    assert last["val_g"] < first["val_g"] / 2
-    assert last["g"] < first["g"] / 2 and last["d_fake"] < first["d_fake"] / 2
-    mc = last["val_esum_over_ep_mc"]
-    gap = [abs(np.log(h["val_esum_over_ep_gan"] / mc)) for h in (first, last)]
-    assert gap[1] < gap[0] / 2, (first["val_esum_over_ep_gan"], last["val_esum_over_ep_gan"], mc)
+def test_generated_energy_moves_to_the_mc_at_each_energy(trained):
+    # the untrained generator's output is calibrated to a 100 GeV shower, its response is the noise's scale
+    # (E_p/100): it makes next to nothing at 20 GeV; 80 steps of training bring both energies near the MC
+    errors = {}
+    for name, generator in (("untrained", build_generator(SMALL)), ("trained", trained.generator)):
+        errors[name] = max(abs(mean_visible(generator, e) / mc_visible(e) - 1) for e in (20.0, 90.0))
+    assert errors["trained"] < 0.25 and errors["trained"] < errors["untrained"] / 2, errors
+    last = trained.history[-1]
+    assert abs(last["val_esum_over_ep_gan"] / last["val_esum_over_ep_mc"] - 1) < 0.25, last
+
+
+def mc_visible(energy: float, n: int = 200) -> float:
+    return float(simulate(n, energy, 90.0, geometry=SMALL, seed=5).energy_deposit.sum(("x", "y", "z")).mean())
 
 
 def test_generated_energy_rises_with_the_primary_energy(trained):
-    untrained = build_generator(SMALL)
-    assert mean_visible(untrained, 90.0) / mean_visible(untrained, 20.0) < 1.3  # no response before training
     ratio = mean_visible(trained.generator, 90.0) / mean_visible(trained.generator, 20.0)
-    assert ratio > 2.0  # MC: 4.5
+    assert 3.0 < ratio < 6.5  # MC: 4.5
 
 
 def test_generated_showers_have_the_simulate_schema(trained):
@@ -161,35 +164,7 @@ def test_non_finite_losses_stop_training_with_a_clear_error(store, tmp_path):
 
 
 def test_two_process_ddp_training_with_gloo(store, tmp_path):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    args = [
-        "--data",
-        store,
-        "--checkpoint",
-        str(tmp_path / "ckpt"),
-        "--geometry",
-        SMALL,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--max-steps-per-epoch",
-        "3",
-        "--report",
-        str(tmp_path / "rank{rank}.json"),
-    ]
-    run = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "dt_assets.model.cli", "train", *args],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world_size"] for r in reports] == [2, 2] and [r["rank"] for r in reports] == [0, 1]
-    assert reports[0]["generator_checksum"] == reports[1]["generator_checksum"]  # DDP kept the weights in sync
+    torchrun_training(store, tmp_path, "--batch-size", "16")
     assert (tmp_path / "ckpt" / "last.pt").exists()
     assert load_generator(str(tmp_path / "ckpt" / "last.pt")).geometry.name == SMALL
 

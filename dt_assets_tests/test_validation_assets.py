@@ -23,7 +23,7 @@ from dt_assets.validation.config import DEFAULT_THRESHOLDS
 from resources import LocalStorage, ModelRegistry
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-MODEL = "calotwin-3dgan"
+MODEL = "calotwin-generator"
 REFERENCE = {"geometry": SMALL, "events_per_cell": 120, "n_energies": 2, "angles_deg": [62.0, 118.0]}
 LIGHT = {"bootstrap": 10, "classifier_epochs": 2}
 #: every check passes (a test of the promotion path, not of the model)

@@ -208,7 +208,7 @@ def render(defs: dg.Definitions) -> str:
     lines += [
         "### The loop: `twin.yaml`",
         "",
-        "Sections of `$CALOTWIN_TWIN_CONFIG` (else `$CALOTWIN_HOME/twin.yaml`). The `gan_model`, "
+        "Sections of `$CALOTWIN_TWIN_CONFIG` (else `$CALOTWIN_HOME/twin.yaml`). The `flow_model`, `gan_model`, "
         "`mc_reference`, `generated_showers` and `validation_report` entries take the launchpad fields above.",
         "",
     ]

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import dagster as dg
 from pydantic import Field, field_validator, model_validator
 
-from ..model.search_space import PARAMETERS as HPO_PARAMETERS
-from ..model.search_space import SearchSpace
+from ..model.flow_training import FlowTrainConfig
+from ..model.registry import DEFAULT_MODEL_NAME
+from ..model.search_space import SearchSpace, family_parameters
 from ..model.train import TrainConfig
 from ..physics.geometry import DEFAULT_GEOMETRY, GEOMETRIES
 from ..physics.simulator import ENERGY_RANGE_GEV, THETA_RANGE_DEG
 from ..runs import SimulationSpec
+from ..showers.store import sha256_json
 from ..validation.config import SCORES, GridSettings, ValidationConfig
 
 #: a geometry preset's name: an enum in the launchpad (a dropdown, and an unknown name is refused before launch)
@@ -123,36 +125,82 @@ class PreprocessConfig(dg.Config):
         return (self.train_fraction, self.validation_fraction, 1.0 - self.train_fraction - self.validation_fraction)
 
 
-class GanModelConfig(dg.Config):
-    """Training of the 3DGAN. Defaults suit a CPU and the small preset; the reference trains the
-    51x51x25 model with learning rates 1e-3 on GPUs."""
+class TrainingConfig(dg.Config):
+    """What every generator training asset shares: data, length, seed, warm start, tuning and registry."""
 
     geometry: GeometryName = Field(
         default="small_ecal_15x15x12", description="Geometry preset; trains on its runs only."
     )
+    particle: Literal["e-", "gamma", "all"] = Field(
+        default="e-",
+        description="Incident particle to train on (one model per particle, as validation judges one); 'all': "
+        "every event, the particle not given to the model.",
+    )
     epochs: int = Field(default=4, ge=1, description="Epochs (passes over the training split).")
-    batch_size: int = Field(default=32, ge=2, description="Events per batch (per process under DDP).")
     max_steps_per_epoch: int = Field(default=0, ge=0, description="Cap on steps per epoch; 0 means a full pass.")
+    seed: int = Field(default=0, ge=0, description="Random seed (weights, noise, data order).")
+    warm_start: str = Field(
+        default="",
+        description="Start from this model of the same family: models:/name@alias, models:/name/N or a checkpoint "
+        "path.",
+    )
+    hyperparameters_from: str = Field(
+        default="",
+        description="Tuned hyper-parameters to train with: 'hpo_study' (the best trial of the latest hpo_study "
+        "of this geometry and family) or the path/URL of a study's best.json. They replace the fields they name; "
+        "empty: none.",
+    )
+    registered_model_name: str = Field(default=DEFAULT_MODEL_NAME, description="MLflow registered model name.")
+
+    family: ClassVar[str]
+
+    def checksum(self) -> str:
+        """A short SHA-256 of every setting (the training asset's ``config_checksum`` metadata)."""
+        return sha256_json(self.model_dump(), 16)
+
+    def training_particle(self) -> str | None:
+        return None if self.particle == "all" else self.particle
+
+    def with_hyperparameters(self, params: dict[str, Any]) -> TrainingConfig:
+        """This config with tuned ``params`` (names of its fields) in place; a bad value names the field."""
+        known = family_parameters(self.family)
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ValueError(
+                f"hyperparameters_from: unknown {self.family} parameter(s) {unknown}; known: {list(known)}"
+            )
+        return type(self)(**{**self.model_dump(), **params})
+
+
+class GanModelConfig(TrainingConfig):
+    """Training of the 3DGAN. Defaults suit a CPU and the small preset; the reference trains the
+    51x51x25 model with learning rates 1e-3 on GPUs."""
+
+    batch_size: int = Field(default=32, ge=2, description="Events per batch (per process under DDP).")
     lr_generator: float = Field(default=3e-4, gt=0, description="RMSprop learning rate of the generator.")
     lr_discriminator: float = Field(default=3e-4, gt=0, description="RMSprop learning rate of the discriminator.")
     weight_real_fake: float = Field(default=3.0, ge=0, description="Loss weight of the real/fake BCE term.")
     weight_energy: float = Field(default=0.1, ge=0, description="Loss weight of the energy-regression MAPE.")
     weight_angle: float = Field(default=25.0, ge=0, description="Loss weight of the angle L1 term.")
     weight_total: float = Field(default=0.1, ge=0, description="Loss weight of the energy-sum MAPE.")
+    weight_count: float = Field(
+        default=0.0,
+        ge=0,
+        description="Loss weight of the cell-energy histogram (the reference's fifth loss, 0.1 there; off by "
+        "default: it drove the visible energy down on the small preset).",
+    )
+    optimizer: Literal["rmsprop", "adam"] = Field(
+        default="rmsprop", description="Optimiser: Keras' RMSprop (the reference's, rho 0.9) or Adam."
+    )
+    ema_decay: float = Field(
+        default=0.999, ge=0, lt=1, description="Decay of the generator weights' moving average (EMA), which is saved."
+    )
     label_flip: float = Field(default=0.05, ge=0, lt=0.5, description="Probability of flipping a real/fake label.")
-    seed: int = Field(default=0, ge=0, description="Random seed (weights, noise, data order).")
     latent_size: int = Field(
         default=0, ge=0, description="Generator input size (2 conditions + noise); 0: the architecture's (256)."
     )
-    warm_start: str = Field(
-        default="", description="Start from this model: models:/name@alias, models:/name/N or a checkpoint path."
-    )
-    hyperparameters_from: str = Field(
-        default="",
-        description="Tuned hyper-parameters to train with: 'hpo_study' (the best trial of the latest hpo_study "
-        "of this geometry) or the path/URL of a study's best.json. They replace the fields they name; empty: none.",
-    )
-    registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
+
+    family: ClassVar[str] = "3dgan"
 
     @field_validator("latent_size")
     @classmethod
@@ -168,18 +216,55 @@ class GanModelConfig(dg.Config):
             lr_generator=self.lr_generator,
             lr_discriminator=self.lr_discriminator,
             loss_weights=(self.weight_real_fake, self.weight_energy, self.weight_angle, self.weight_total),
+            weight_count=self.weight_count,
+            optimizer=self.optimizer,
+            ema_decay=self.ema_decay,
             label_flip=self.label_flip,
             seed=self.seed,
             max_steps_per_epoch=self.max_steps_per_epoch or None,
             latent_size=self.latent_size or None,
         )
 
-    def with_hyperparameters(self, params: dict[str, Any]) -> GanModelConfig:
-        """This config with tuned ``params`` (names of its fields) in place; a bad value names the field."""
-        unknown = sorted(set(params) - set(HPO_PARAMETERS))
-        if unknown:
-            raise ValueError(f"hyperparameters_from: unknown parameter(s) {unknown}; known: {list(HPO_PARAMETERS)}")
-        return GanModelConfig(**{**self.model_dump(), **params})
+
+class FlowModelConfig(TrainingConfig):
+    """Training of the two-stage conditional flow-matching generator (energies and occupancy, then cell
+    shapes). Defaults suit 2 CPU cores and the small preset."""
+
+    batch_size: int = Field(default=256, ge=2, description="Events per batch (per process under DDP).")
+    lr: float = Field(default=FlowTrainConfig.lr, gt=0, description="Peak AdamW learning rate (cosine decay).")
+    warmup_steps: int = Field(default=FlowTrainConfig.warmup_steps, ge=0, description="Linear warm-up steps.")
+    ema_decay: float = Field(
+        default=FlowTrainConfig.ema_decay, ge=0, lt=1, description="Decay of the weights' moving average (EMA)."
+    )
+    stage1_hidden: int = Field(
+        default=FlowTrainConfig.stage1_hidden, ge=1, description="Width of the energy/occupancy flow's MLP."
+    )
+    stage2_hidden: int = Field(
+        default=FlowTrainConfig.stage2_hidden, ge=1, description="Width of the shape flow's MLP."
+    )
+    stage2_blocks: int = Field(
+        default=FlowTrainConfig.stage2_blocks, ge=1, description="Residual blocks of the shape flow's MLP."
+    )
+    stage2_steps: int = Field(
+        default=FlowTrainConfig.stage2_steps, ge=1, description="Midpoint steps of the shape flow's ODE at sampling."
+    )
+
+    family: ClassVar[str] = "flow"
+
+    def train_config(self) -> FlowTrainConfig:
+        return FlowTrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            warmup_steps=self.warmup_steps,
+            ema_decay=self.ema_decay,
+            seed=self.seed,
+            max_steps_per_epoch=self.max_steps_per_epoch or None,
+            stage1_hidden=self.stage1_hidden,
+            stage2_hidden=self.stage2_hidden,
+            stage2_blocks=self.stage2_blocks,
+            stage2_steps=self.stage2_steps,
+        )
 
 
 class HpoSearchSpaceConfig(dg.Config):
@@ -201,13 +286,19 @@ class HpoSearchSpaceConfig(dg.Config):
     weight_total: list[float] = Field(
         default=[0.01, 1.0], description="Range of the energy-sum loss weight (log scale)."
     )
-    batch_size: list[int] = Field(default=[16, 32, 64], description="Batch sizes to choose from.")
+    batch_size: list[int] | None = Field(
+        default=None,
+        description="Batch sizes to choose from; empty: the family's (3dgan 16, 32, 64; flow 128, 256, 512).",
+    )
     latent_size: list[int] = Field(
         default=[64, 128, 256], description="Generator input sizes (2 conditions + noise) to try."
     )
     label_flip: list[float] = Field(
         default=[0.0, 0.1], description="Range of the label-flip probability (linear, below 0.5)."
     )
+    lr: list[float] = Field(default=[1e-4, 3e-3], description="Flow: peak learning rate range (log scale).")
+    ema_decay: list[float] = Field(default=[0.99, 0.9995], description="Flow: EMA decay range (linear, below 1).")
+    stage2_hidden: list[int] = Field(default=[512, 1024], description="Flow: shape-flow widths to try.")
 
     @model_validator(mode="after")
     def _valid_space(self) -> HpoSearchSpaceConfig:
@@ -215,20 +306,30 @@ class HpoSearchSpaceConfig(dg.Config):
         self.search_space()
         return self
 
-    def search_space(self) -> SearchSpace:
-        return SearchSpace.from_dict(self.model_dump())
+    def search_space(self, family: str = "3dgan") -> SearchSpace:
+        values = self.model_dump()
+        if values["batch_size"] is None:
+            values["batch_size"] = [128, 256, 512] if family == "flow" else [16, 32, 64]
+        return SearchSpace.from_dict({**values, "family": family})
 
 
 class HpoStudyConfig(dg.Config):
-    """An Optuna study over gan_model's hyper-parameters, judged by the physics validation's score on a
-    small MC reference after every epoch (bad trials are pruned on it). Defaults suit a CPU and the small
-    preset; parameters left out of the search space keep gan_model's defaults."""
+    """An Optuna study over one family's hyper-parameters (gan_model's or flow_model's), judged by the physics
+    validation's score on a small MC reference after every epoch (bad trials are pruned on it). Defaults suit a
+    CPU and the small preset; parameters left out of the search space keep the training asset's defaults."""
 
     geometry: GeometryName = Field(
         default="small_ecal_15x15x12", description="Geometry preset; trials train on its runs only."
     )
+    family: Literal["3dgan", "flow"] = Field(
+        default="3dgan", description="Generator family to tune: 3dgan (gan_model's fields) or flow (flow_model's)."
+    )
+    particle: Literal["e-", "gamma", "all"] = Field(
+        default="e-",
+        description="Particle the trials train on and are scored with ('all': train on every event, score with e-).",
+    )
     study_name: str = Field(
-        default="calotwin-3dgan-hpo",
+        default="calotwin-hpo",
         min_length=1,
         description="Optuna study name; running again with the same name and storage continues the study.",
     )
@@ -317,9 +418,13 @@ class HpoStudyConfig(dg.Config):
         except ValueError as exc:
             raise dg.Failure(f"bad scoring grid: {exc}") from None
 
-    def base_train_config(self) -> TrainConfig:
-        """What a trial trains with before its tuned values go in (gan_model's defaults otherwise)."""
-        model = GanModelConfig(geometry=self.geometry, epochs=self.epochs, seed=self.seed)
+    def scoring_particle(self) -> str:
+        return "e-" if self.particle == "all" else self.particle
+
+    def base_train_config(self) -> TrainConfig | FlowTrainConfig:
+        """What a trial trains with before its tuned values go in (the family's training asset's defaults)."""
+        kind = FlowModelConfig if self.family == "flow" else GanModelConfig
+        model = kind(geometry=self.geometry, epochs=self.epochs, seed=self.seed)
         return dataclasses.replace(
             model.train_config(), max_steps_per_epoch=self.max_steps_per_epoch, validation_batches=2
         )
@@ -379,7 +484,7 @@ class GeneratedShowersConfig(dg.Config):
     model_uri: str = Field(
         default="", description="Generator to validate (models:/name@alias or models:/name/N); empty: the challenger."
     )
-    registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
+    registered_model_name: str = Field(default=DEFAULT_MODEL_NAME, description="MLflow registered model name.")
     seed: int = Field(default=2_000_000, ge=0, description="Seed of the generator's noise and conditions.")
 
     def resolved_uri(self) -> str:
@@ -401,7 +506,7 @@ class ValidationReportConfig(dg.Config):
     )
     bootstrap: int | None = Field(default=None, ge=1, description="Bootstrap replicas per metric (default 100).")
     min_coverage: float | None = Field(
-        default=None, ge=0, le=1, description="Fraction of grid cells that must pass (default 1)."
+        default=None, ge=0, le=1, description="Fraction of grid cells that must pass (default 0.9)."
     )
     score: str | None = Field(
         default=None,
@@ -440,7 +545,7 @@ class ValidationReportConfig(dg.Config):
 class ChampionConfig(dg.Config):
     """Promotion of the validated challenger to champion."""
 
-    registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
+    registered_model_name: str = Field(default=DEFAULT_MODEL_NAME, description="MLflow registered model name.")
     validation: str = Field(
         default="",
         description="The validation to judge: the 'validation' path in a validation_report materialization's "
@@ -452,7 +557,7 @@ class SpeedBenchmarkConfig(dg.Config):
     """Generation speed of a registered generator against the MC, on this machine."""
 
     model_uri: str = Field(default="", description="Generator to time; empty: the challenger.")
-    registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
+    registered_model_name: str = Field(default=DEFAULT_MODEL_NAME, description="MLflow registered model name.")
     n_events: int = Field(default=512, ge=1, description="Showers per timing.")
     batch_size: int = Field(default=128, ge=1, description="Generator batch size.")
     energy_gev: float = _energy_field(100.0, "Primary energy of the timed showers (GeV).")
@@ -468,7 +573,7 @@ class ExportedGeneratorConfig(dg.Config):
     model_uri: str = Field(
         default="", description="Generator to export (models:/name@alias or models:/name/N); empty: the champion."
     )
-    registered_model_name: str = Field(default="calotwin-3dgan", description="MLflow registered model name.")
+    registered_model_name: str = Field(default=DEFAULT_MODEL_NAME, description="MLflow registered model name.")
     check_events: int = Field(
         default=64,
         ge=1,

@@ -1,4 +1,5 @@
-"""HPO stage: an Optuna study over gan_model's hyper-parameters, judged by the physics validation.
+"""HPO stage: an Optuna study over a training asset's hyper-parameters (``gan_model``'s or ``flow_model``'s),
+judged by the physics validation.
 
 ``hpo_study`` simulates a small MC reference for scoring (once per grid, under
 ``hpo/references/``), puts the study's trial budget in the Optuna storage, starts ``n_workers``
@@ -6,8 +7,8 @@ workers (``python -m dt_assets.model.hpo worker``) that share the study through 
 resource (processes on this machine, or one Slurm array job), and waits for them. Trials write
 their checkpoints under ``hpo/<study>/trials/`` (only the best trial's are kept unless told);
 the best trial's parameters go to ``hpo/<study>/best.json`` and to ``hpo/hpo_study.json`` (the
-latest study), which ``gan_model`` reads with ``hyperparameters_from: hpo_study``. The study's
-MLflow run (the resource's) is the parent of one child run per trial. Job file and worker logs:
+latest study), which the training asset of the study's family reads with ``hyperparameters_from:
+hpo_study``. The study's MLflow run (the resource's) is the parent of one child run per trial. Job file and worker logs:
 ``$CALOTWIN_HOME/hpo/<study>/<run>/``.
 """
 
@@ -61,11 +62,12 @@ def default_study_storage() -> str:
     group_name="model",
     kinds={"optuna", "pytorch", "mlflow"},
     pool=TRAINING_POOL,
-    description="An Optuna study over gan_model's hyper-parameters (learning rates, loss weights, batch size, "
-    "latent size, label-flip rate), scored by the physics validation after every epoch, bad trials pruned. "
+    description="An Optuna study over one family's hyper-parameters (gan_model: learning rates, loss weights, batch "
+    "size, latent size, label-flip rate; flow_model: learning rate, EMA decay, batch size, shape-flow width), scored "
+    "by the physics validation after every epoch, bad trials pruned. "
     "Workers (processes, or a Slurm array job through the compute resource) share the study through its storage "
     "(sqlite in the data home, or any Optuna RDB URL); a lost worker's trial is run again. Every trial is an MLflow "
-    "child run. The best parameters are stored for gan_model (hyperparameters_from).",
+    "child run. The best parameters are stored for the family's training asset (hyperparameters_from).",
 )
 def hpo_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.MaterializeResult:
     with ending_mlflow_run():  # the study's run, the parent of the trials' runs
@@ -88,7 +90,7 @@ def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.
             reference_url=reference_url,
             trials_url=storage.url("hpo", config.study_name, "trials"),
             train=config.base_train_config().to_dict(),
-            search_space=config.search_space.search_space().to_dict(),
+            search_space=config.search_space.search_space(config.family).to_dict(),
             validation=validation.to_dict(),
             storage_options=storage.options(),
             tracking_uri=mlflow.get_tracking_uri(),
@@ -100,6 +102,9 @@ def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.
             heartbeat_interval_s=config.heartbeat_interval_s,
             grace_period_s=config.grace_period_s,
             max_retries=config.max_retries,
+            family=config.family,
+            particle=config.scoring_particle(),
+            training_particle=None if config.particle == "all" else config.particle,
         )
         study = open_study(job)
     except ValueError as exc:
@@ -151,6 +156,7 @@ def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.
         "study_name": config.study_name,
         "storage": redact(storage_url),
         "geometry": config.geometry,
+        "family": config.family,
         "score": validation.score,
         "direction": summary.direction,
         "best_value": summary.best_value,
@@ -215,7 +221,7 @@ def _scoring_reference(context: dg.AssetExecutionContext, config: HpoStudyConfig
         "grid": grid.to_dict(),
         "events_per_cell": validation.events_per_cell,
         "geometry": config.geometry,
-        "particle": "e-",
+        "particle": config.scoring_particle(),
         "seed": REFERENCE_SEED,
     }
     key = f"ref-{sha256_json(spec, 10)}"
@@ -224,7 +230,7 @@ def _scoring_reference(context: dg.AssetExecutionContext, config: HpoStudyConfig
         return url
     n = 2 * validation.events_per_cell  # half the reference, half the MC-vs-MC baseline
     with Progress(len(grid.cells()) * n, f"simulating the scoring reference {key}", log=context.log.info) as progress:
-        showers = simulate_grid(grid, n, config.geometry, "e-", REFERENCE_SEED, progress.update)
+        showers = simulate_grid(grid, n, config.geometry, config.scoring_particle(), REFERENCE_SEED, progress.update)
     write_showers(showers, url, storage.options(), attrs={"run_key": key})
     return url
 

@@ -33,6 +33,16 @@ train_job = dg.define_asset_job(
     tags=TRAINING_QUEUE,
     description="Rebuild the training set from the preprocessed runs and train, log and register a 3DGAN.",
 )
+train_flow_job = dg.define_asset_job(
+    "train_flow",
+    executor_def=dg.in_process_executor,
+    selection=dg.AssetSelection.assets("training_set", "flow_model"),
+    tags=TRAINING_QUEUE,
+    description="Rebuild the training set from the preprocessed runs and train, log and register a flow-matching "
+    "generator.",
+)
+#: the training job of each generator family
+TRAINING_JOBS = {"3dgan": train_job, "flow": train_flow_job}
 validate_job = dg.define_asset_job(
     "validate_and_promote",
     executor_def=dg.in_process_executor,

@@ -7,10 +7,12 @@
    ``quarantine/`` with a JSON sidecar and a ``quarantined_files`` materialization naming the reason.
    An accepted file whose partition was never recorded (the tick failed or timed out after moving it)
    is registered by the next tick.
-2. ``retrain_sensor`` starts ``train_gan`` when preprocessed runs of the loop's geometry exist that
-   the latest model was not trained on, warm-started from the champion. It waits while ingestion or
-   another training is in progress, so data landing during a retraining goes into the next one.
-3. ``validate_after_training`` validates each version a successful ``train_gan`` run registered
+2. ``retrain_sensor`` starts the training job of the loop's family (``train_flow`` by default, or
+   ``train_gan``) when preprocessed runs of the loop's geometry exist that the latest model of that
+   family was not trained on, warm-started from the champion when the champion is of that family. It
+   waits while ingestion or another training is in progress, so data landing during a retraining
+   goes into the next one.
+3. ``validate_after_training`` validates each version a successful training run registered
    (``validate_model``); ``promote_after_validation`` and ``promote_after_failed_validation``
    then run ``champion_model`` on that validation (not on whichever is latest), whether its blocking
    checks passed or not, so the decision and its reason are recorded for every version whose report
@@ -37,8 +39,8 @@ from ..model.registry import alias_version, version_uri
 from ..runs import FileSpec, file_spec, spec_from_dict
 from ..showers.store import open_store, sha256_json
 from .data import runs_table, simulation_runs
-from .jobs import ingest_runs_job, promote_job, train_job, validate_model_job
-from .model import gan_model
+from .jobs import TRAINING_JOBS, ingest_runs_job, promote_job, validate_model_job
+from .model import TRAINING_ASSETS
 from .partitions import simulation_runs_partitions
 from .preprocess import preprocessed_showers
 from .twin_settings import TwinSettings, load_settings, loop_running_by_default
@@ -219,9 +221,10 @@ def _geometry_of(
     return cache[key]
 
 
-def latest_trained(instance: dg.DagsterInstance, geometry: str) -> set[str]:
-    """The runs the latest ``gan_model`` of ``geometry`` was trained on."""
-    records = instance.fetch_materializations(gan_model.key, limit=50).records
+def latest_trained(instance: dg.DagsterInstance, geometry: str, family: str = "flow") -> set[str]:
+    """The runs the latest model of ``family`` (its training asset's materialization) on ``geometry`` was
+    trained on."""
+    records = instance.fetch_materializations(TRAINING_ASSETS[family].key, limit=50).records
     for record in records:  # newest first
         meta = record.asset_materialization.metadata
         if "geometry" in meta and meta["geometry"].value == geometry:
@@ -234,19 +237,25 @@ def retrain_tick(
 ) -> dg.SensorResult | dg.SkipReason:
     """One look for data the latest model has not seen (the body of ``retrain_sensor``)."""
     instance = context.instance
-    for job_name, what in ((train_job.name, "a training"), (ingest_runs_job.name, "ingestion")):
+    family = settings.retrain.family
+    busy_jobs = [(job.name, "a training") for job in TRAINING_JOBS.values()] + [(ingest_runs_job.name, "ingestion")]
+    for job_name, what in busy_jobs:
         if busy := _busy(instance, job_name):
             return dg.SkipReason(f"{what} is in progress (run {busy[0].run_id[:8]}); new data waits for it")
     cache: dict[str, str] = json.loads(context.cursor)["geometry"] if context.cursor else {}
     done = instance.get_materialized_partitions(preprocessed_showers.key)
     runs = sorted(key for key in done if _geometry_of(context, storage, key, cache) == settings.geometry)
     cursor = json.dumps({"geometry": cache}, sort_keys=True)
-    new = sorted(set(runs) - latest_trained(instance, settings.geometry))
+    new = sorted(set(runs) - latest_trained(instance, settings.geometry, family))
     if not new:
-        return dg.SensorResult(skip_reason=f"no new {settings.geometry} data since the latest model", cursor=cursor)
+        return dg.SensorResult(
+            skip_reason=f"no new {settings.geometry} data since the latest {family} model", cursor=cursor
+        )
     registry.activate()
     champion = alias_version(CHAMPION, settings.model_name)
-    warm_start = version_uri(champion) if champion is not None else ""
+    warm_start = ""
+    if champion is not None and champion.tags.get("family", "3dgan") == family:
+        warm_start = version_uri(champion)
     run_config = settings.training_run_config(warm_start)
     # the same data, settings and starting point are requested once: a failed or canceled retraining is not
     # retried in a loop (Dagster would drop the request silently; this says why)
@@ -265,8 +274,8 @@ def retrain_tick(
             cursor=cursor,
         )
     context.log.info(
-        f"retraining on {len(runs)} run(s), {len(new)} new ({', '.join(new)}); "
-        f"warm start: {warm_start or 'none (no champion yet)'}"
+        f"retraining a {family} model on {len(runs)} run(s), {len(new)} new ({', '.join(new)}); "
+        f"warm start: {warm_start or 'none (no champion of this family yet)'}"
     )
     return dg.SensorResult(
         run_requests=[
@@ -281,12 +290,12 @@ def retrain_tick(
 
 
 @dg.sensor(
-    job=train_job,
+    job=TRAINING_JOBS[SETTINGS.retrain.family],
     minimum_interval_seconds=SETTINGS.retrain.min_interval_seconds,
     default_status=_sensor_status(),
-    description="Retrains the 3DGAN (warm-started from the champion) when preprocessed runs exist that the latest "
-    "model was not trained on. Waits while ingestion or a training is in progress: data that lands meanwhile "
-    "goes into the next retraining.",
+    description="Retrains the loop's generator family (flow by default; warm-started from the champion when it is "
+    "of that family) when preprocessed runs exist that its latest model was not trained on. Waits while ingestion "
+    "or a training is in progress: data that lands meanwhile goes into the next retraining.",
 )
 def retrain_sensor(
     context: dg.SensorEvaluationContext, storage: StorageResource, registry: ModelRegistry
@@ -307,7 +316,8 @@ def validation_request(
     instance: dg.DagsterInstance, run: dg.DagsterRun, settings: TwinSettings
 ) -> dg.RunRequest | dg.SkipReason:
     """Validate the version a finished training run registered."""
-    model = _materialized(instance, run.run_id, gan_model.key)
+    found = (_materialized(instance, run.run_id, asset.key) for asset in TRAINING_ASSETS.values())
+    model = next((m for m in found if m is not None), None)
     if model is None:
         return dg.SkipReason(f"run {run.run_id[:8]} registered no model")
     uri = str(model["model_uri"])
@@ -322,11 +332,11 @@ def validation_request(
 
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[train_job],
+    monitored_jobs=list(TRAINING_JOBS.values()),
     request_job=validate_model_job,
     default_status=_sensor_status(),
     minimum_interval_seconds=5,
-    description="Validates every model version a successful train_gan run registered.",
+    description="Validates every model version a successful train_flow or train_gan run registered.",
 )
 def validate_after_training(context: dg.RunStatusSensorContext):
     return validation_request(context.instance, context.dagster_run, SETTINGS)
@@ -399,10 +409,10 @@ def nightly_revalidation(context: dg.ScheduleEvaluationContext, registry: ModelR
 
 @dg.schedule(
     cron_schedule=SETTINGS.full_retrain.cron,
-    job=train_job,
+    job=TRAINING_JOBS[SETTINGS.full_retrain.family],
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Retrains the 3DGAN from scratch on all data with the full_retrain settings (turn it on in the "
-    "UI); the new version is then validated and judged like any other.",
+    description="Retrains the loop's generator family from scratch on all data with the full_retrain settings "
+    "(turn it on in the UI); the new version is then validated and judged like any other.",
 )
 def weekly_full_retraining(context: dg.ScheduleEvaluationContext):
     # a new seed each ISO week: a fresh training, not a resume of last week's checkpoint of the same data

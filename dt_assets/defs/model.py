@@ -1,4 +1,5 @@
-"""Model stage: the trained 3DGAN, tracked in MLflow and registered as a new model version."""
+"""Model stage: the trained generators (3DGAN and flow matching), tracked in MLflow and registered as new
+versions of one registered model."""
 
 import tempfile
 from collections.abc import Iterator
@@ -11,15 +12,15 @@ import mlflow
 from pydantic import ValidationError
 
 from ..model.gan3d import parameter_count
+from ..model.generation import FAMILIES
 from ..model.job import TrainingJob
 from ..model.manifest import runs_for, training_key
 from ..model.record import RECORD_TAG, build_record, log_record, save_beside_checkpoint
 from ..model.registry import log_generator, set_alias
-from ..model.stream import TrainingData
 from ..model.train import EpochReport
 from ..plots import loss_curves_png
 from ..progress import STEPS_EVERY_S, cadence
-from .configs import GanModelConfig
+from .configs import FlowModelConfig, GanModelConfig, TrainingConfig
 from .metadata import image
 from .preprocess import training_set
 
@@ -28,12 +29,13 @@ CHALLENGER = "challenger"
 TRAINING_POOL = "training"
 #: the latest hpo_study's best parameters (path parts under the storage root)
 HPO_POINTER = ("hpo", "hpo_study.json")
+FAMILY_TITLES = {"3dgan": "3DGAN", "flow": "flow matching"}
 HPO_STUDY = "hpo_study"
 
 
-def tuned_parameters(storage, source: str, geometry: str) -> tuple[dict[str, Any], str]:
+def tuned_parameters(storage, source: str, geometry: str, family: str = "3dgan") -> tuple[dict[str, Any], str]:
     """The best parameters of a study (``source``: "hpo_study" for the latest one, or the path/URL of a
-    best.json) and where they came from; a study tuned on another geometry is refused."""
+    best.json) and where they came from; a study tuned on another geometry or family is refused."""
     url = storage.url(*HPO_POINTER) if source == HPO_STUDY else source
     if not storage.exists(url):
         hint = "materialize hpo_study first" if source == HPO_STUDY else "no such file"
@@ -49,6 +51,11 @@ def tuned_parameters(storage, source: str, geometry: str) -> tuple[dict[str, Any
         raise dg.Failure(
             f"hyperparameters_from {source!r}: the study tuned geometry {best['geometry']!r}, "
             f"this training is on {geometry!r}"
+        )
+    if best.get("family", "3dgan") != family:
+        raise dg.Failure(
+            f"hyperparameters_from {source!r}: the study tuned the {best.get('family', '3dgan')} family, "
+            f"this training is a {family}"
         )
     return params, best.get("url", url)
 
@@ -66,14 +73,36 @@ def epoch_metrics(report: EpochReport) -> None:
     group_name="model",
     kinds={"pytorch", "mlflow"},
     pool=TRAINING_POOL,
-    description="The 3DGAN trained on the training set's runs of one geometry, checkpointed every epoch "
-    "(a restarted training resumes), logged to MLflow and registered as a new version (alias 'challenger'). "
-    "It trains where the 'compute' resource says: in-process, torchrun DDP, a Slurm job or a Kubernetes pod. "
-    "With hyperparameters_from it trains with an hpo_study's best parameters.",
+    description="The 3DGAN (the mission's reference model and the baseline) trained on the training set's runs of "
+    "one geometry and particle, checkpointed every epoch (a restarted training resumes), logged to MLflow and "
+    "registered as a new version (tag family=3dgan, alias 'challenger'). It trains where the 'compute' resource "
+    "says: in-process, torchrun DDP, a Slurm job or a Kubernetes pod. With hyperparameters_from it trains with an "
+    "hpo_study's best parameters.",
 )
 def gan_model(context: dg.AssetExecutionContext, config: GanModelConfig) -> dg.MaterializeResult:
     with ending_mlflow_run():  # the mlflow resource started a run (a failed check fails it too)
         return _train_and_register(context, config)
+
+
+@dg.asset(
+    deps=[training_set, HPO_STUDY],
+    required_resource_keys={"mlflow", "storage", "compute"},
+    group_name="model",
+    kinds={"pytorch", "mlflow"},
+    pool=TRAINING_POOL,
+    description="The two-stage conditional flow-matching generator (energies and occupancy per layer, then cell "
+    "shapes; CaloDREAM-style) trained on the training set's runs of one geometry and particle, checkpointed every "
+    "epoch, logged to MLflow and registered as a new version of the same registered model as the 3DGAN (tag "
+    "family=flow, alias 'challenger'). Same compute, warm start and hyperparameters_from as gan_model.",
+)
+def flow_model(context: dg.AssetExecutionContext, config: FlowModelConfig) -> dg.MaterializeResult:
+    with ending_mlflow_run():
+        return _train_and_register(context, config)
+
+
+#: the training asset of each family
+TRAINING_ASSETS = {"3dgan": gan_model, "flow": flow_model}
+assert set(TRAINING_ASSETS) == set(FAMILIES)
 
 
 @contextmanager
@@ -97,19 +126,24 @@ def training_runs(storage, geometry: str) -> list[dict]:
     return runs
 
 
-def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfig) -> dg.MaterializeResult:
+def _train_and_register(context: dg.AssetExecutionContext, config: TrainingConfig) -> dg.MaterializeResult:
     storage = context.resources.storage
+    family = config.family
     runs = training_runs(storage, config.geometry)
     tuned_from = ""
     if config.hyperparameters_from:
-        params, tuned_from = tuned_parameters(storage, config.hyperparameters_from, config.geometry)
+        params, tuned_from = tuned_parameters(storage, config.hyperparameters_from, config.geometry, family)
         try:
             config = config.with_hyperparameters(params)
         except (ValueError, ValidationError) as exc:
             raise dg.Failure(f"hyperparameters_from {tuned_from}: {exc}") from None
         context.log.info(f"hyper-parameters from {tuned_from}: {params}")
     train_config = config.train_config()
-    key = training_key({**train_config.to_dict(), "warm_start": config.warm_start}, runs, config.geometry)
+    particle = config.training_particle()
+    identity = {**train_config.to_dict(), "warm_start": config.warm_start}
+    if family != "3dgan" or particle is not None:  # 3DGAN trainings on every event keep their earlier keys
+        identity |= {"family": family, "particle": particle}
+    key = training_key(identity, runs, config.geometry, family)
     checkpoint_dir = storage.checkpoint_dir(key)
     partitions = ",".join(sorted(r["run"] for r in runs))
     job = TrainingJob(
@@ -120,12 +154,25 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
         storage_options=storage.options(),
         warm_start=config.warm_start or None,
         progress_every_s=cadence(STEPS_EVERY_S),
+        family=family,
+        particle=particle,
     )
-    n_events = TrainingData(job.data, job.storage_options).n_events()
+    n_events = job.training_data().n_events()
+    if n_events == 0:
+        raise dg.Failure(f"the training set's runs of {config.geometry} hold no training events of {config.particle}")
     context.log.info(
-        f"training on {n_events} events of {len(runs)} run(s) ({partitions}); checkpoints in {checkpoint_dir}"
+        f"training a {family} generator on {n_events} {config.particle} events of {len(runs)} run(s) ({partitions}); "
+        f"checkpoints in {checkpoint_dir}"
     )
-    mlflow.log_params({**config.model_dump(), "training_key": key, "train_events": n_events, "partitions": partitions})
+    mlflow.log_params(
+        {
+            **config.model_dump(),
+            "family": family,
+            "training_key": key,
+            "train_events": n_events,
+            "partitions": partitions,
+        }
+    )
     if tuned_from:
         mlflow.set_tag("hyperparameters_source", tuned_from)
     trained = context.resources.compute.run_training(context, job, epoch_metrics)
@@ -143,7 +190,7 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
     )
     record_uri = log_record(record)
     save_beside_checkpoint(record, job)
-    png = loss_curves_png(result.history, title=f"3DGAN on {config.geometry}")
+    png = loss_curves_png(result.history, title=f"{FAMILY_TITLES[family]} on {config.geometry}")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "loss_curves.png").write_bytes(png)
         mlflow.log_artifact(str(Path(tmp) / "loss_curves.png"))
@@ -154,6 +201,7 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
             "dagster_run_id": context.run_id,
             "partitions": partitions,
             "geometry": config.geometry,
+            "particle": config.particle,
             "training_key": key,
             "checkpoint": result.checkpoint_url,
             RECORD_TAG: record.checksum(),
@@ -168,6 +216,9 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
         metadata={
             "model_uri": model_uri,
             "model_version": int(version.version),
+            "family": family,
+            "config_checksum": config.checksum(),
+            "particle": config.particle,
             "mlflow_run_id": mlflow_run_id,
             "partitions": partitions,
             "geometry": config.geometry,
@@ -176,14 +227,26 @@ def _train_and_register(context: dg.AssetExecutionContext, config: GanModelConfi
             "checkpoint": dg.MetadataValue.path(result.checkpoint_url),
             "reproducibility_record": dg.MetadataValue.path(record_uri),
             "generator_parameters": parameter_count(result.generator),
-            "discriminator_parameters": parameter_count(result.discriminator),
+            **(
+                {"discriminator_parameters": parameter_count(result.discriminator)}
+                if result.discriminator is not None
+                else {}
+            ),
             "epochs_trained": len(result.history) - result.resumed_from_epoch,
             "device": result.device,
             "compute": trained.compute,
             "world_size": trained.world_size,
             **{
                 k: round(float(final[k]), 5)
-                for k in ("g", "val_g", "val_esum_over_ep_gan", "val_esum_over_ep_mc")
+                for k in (
+                    "g",
+                    "val_g",
+                    "loss",
+                    "val_loss_stage1",
+                    "val_loss_stage2",
+                    "val_esum_over_ep_gan",
+                    "val_esum_over_ep_mc",
+                )
                 if k in final
             },
             "loss_curves": image(png, "loss curves"),

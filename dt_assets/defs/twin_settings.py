@@ -9,18 +9,21 @@ is refused here too, with the file, the section and the field named::
       min_interval_seconds: 30      # how often the landing sensor looks
       particle: e-                  # recorded for files that do not say
     retrain:
-      gan_model: {epochs: 4, max_steps_per_epoch: 20, batch_size: 32}
+      family: flow                  # flow (default) or 3dgan: which training asset the loop runs
+      flow_model: {epochs: 2, max_steps_per_epoch: 300, lr: 0.0003}
     full_retrain:
       cron: "0 3 * * 0"             # weekly, Sunday 03:00
-      gan_model: {epochs: 20, max_steps_per_epoch: 0}
+      family: flow
+      flow_model: {epochs: 12, max_steps_per_epoch: 800}
     validation:
       mc_reference: {events_per_cell: 500}
       validation_report: {bootstrap: 100}
     revalidation:
       cron: "0 2 * * *"             # nightly re-validation of the champion
 
-``warm_start`` (retraining starts from the champion; the weekly full retraining from scratch) and
-the model URIs the validation judges are set by the loop itself.
+``warm_start`` (retraining starts from the champion when it is of the retrained family, else from
+scratch; the weekly full retraining always from scratch) and the model URIs the validation judges are
+set by the loop itself.
 """
 
 from __future__ import annotations
@@ -37,12 +40,18 @@ from ..landing import LandingChecks
 from ..physics.simulator import ENERGY_RANGE_GEV, THETA_RANGE_DEG
 from .configs import (
     ChampionConfig,
+    FlowModelConfig,
     GanModelConfig,
     GeneratedShowersConfig,
     ReferenceConfig,
+    TrainingConfig,
     ValidationReportConfig,
     _known_geometry,
 )
+
+Family = Literal["3dgan", "flow"]
+#: the asset (and launchpad section) that trains each family
+TRAINING_ASSET = {"3dgan": "gan_model", "flow": "flow_model"}
 
 TWIN_CONFIG_ENV = "CALOTWIN_TWIN_CONFIG"
 #: the loop's sensors start RUNNING when this is "on" (``make ui`` and ``make twin`` set it), else STOPPED
@@ -92,23 +101,43 @@ class LandingSettings(_Section):
         )
 
 
-class RetrainSettings(_Section):
-    """Retraining on new data, warm-started from the champion."""
+class _Training(_Section):
+    """Which family a training of the loop trains, with each family's settings."""
 
-    min_interval_seconds: int = Field(default=30, ge=1, description="Seconds between two looks for new data.")
+    family: Family = Field(
+        default="flow", description="Generator family the loop trains: flow (flow_model) or 3dgan (gan_model)."
+    )
     gan_model: GanModelConfig = Field(
         default_factory=lambda: GanModelConfig(epochs=4, max_steps_per_epoch=20, batch_size=32),
-        description="Training settings (gan_model's launchpad fields; warm_start is set by the loop).",
+        description="3DGAN training settings (gan_model's launchpad fields; warm_start is set by the loop).",
+    )
+    flow_model: FlowModelConfig = Field(
+        default_factory=lambda: FlowModelConfig(epochs=2, max_steps_per_epoch=300, lr=3e-4),
+        description="Flow training settings (flow_model's launchpad fields; warm_start is set by the loop).",
     )
 
+    def model(self) -> TrainingConfig:
+        """The settings of the family trained."""
+        return self.flow_model if self.family == "flow" else self.gan_model
 
-class FullRetrainSettings(_Section):
+
+class RetrainSettings(_Training):
+    """Retraining on new data, warm-started from the champion (when it is of the same family)."""
+
+    min_interval_seconds: int = Field(default=30, ge=1, description="Seconds between two looks for new data.")
+
+
+class FullRetrainSettings(_Training):
     """The scheduled full retraining, from scratch on all data (stopped until a user turns it on)."""
 
     cron: str = Field(default="0 3 * * 0", description="When (cron, UTC): default Sundays 03:00.")
     gan_model: GanModelConfig = Field(
         default_factory=lambda: GanModelConfig(epochs=20, max_steps_per_epoch=20, batch_size=32),
-        description="Training settings of the full retraining.",
+        description="3DGAN training settings of the full retraining.",
+    )
+    flow_model: FlowModelConfig = Field(
+        default_factory=lambda: FlowModelConfig(epochs=12, max_steps_per_epoch=800),
+        description="Flow training settings of the full retraining.",
     )
 
     _check_cron = field_validator("cron")(_cron)
@@ -152,8 +181,9 @@ class TwinSettings(_Section):
     @model_validator(mode="after")
     def _one_model(self) -> TwinSettings:
         """`retrain` and `full_retrain` train the same geometry and registered model."""
-        trained = {self.retrain.gan_model.geometry, self.full_retrain.gan_model.geometry}
-        names = {self.retrain.gan_model.registered_model_name, self.full_retrain.gan_model.registered_model_name}
+        models = (self.retrain.model(), self.full_retrain.model())
+        trained = {m.geometry for m in models}
+        names = {m.registered_model_name for m in models}
         if len(trained) > 1 or len(names) > 1:
             raise ValueError("retrain and full_retrain must train the same geometry and registered model")
         return self
@@ -161,19 +191,21 @@ class TwinSettings(_Section):
     @property
     def geometry(self) -> str:
         """The geometry the loop trains and validates."""
-        return self.retrain.gan_model.geometry
+        return self.retrain.model().geometry
 
     @property
     def model_name(self) -> str:
-        return self.retrain.gan_model.registered_model_name
+        return self.retrain.model().registered_model_name
 
     def training_run_config(self, warm_start: str, full: bool = False, seed: int | None = None) -> dict[str, Any]:
-        """Run config of ``train_gan``: the retraining (warm start) or the full retraining (from scratch)."""
-        model = (self.full_retrain if full else self.retrain).gan_model.model_dump()
+        """Run config of the family's training job (``train_flow`` or ``train_gan``): the retraining (warm
+        start) or the full retraining (from scratch)."""
+        section = self.full_retrain if full else self.retrain
+        model = section.model().model_dump()
         model["warm_start"] = "" if full else warm_start
         if seed is not None:
             model["seed"] = seed
-        return {"ops": {"gan_model": {"config": model}}}
+        return {"ops": {TRAINING_ASSET[section.family]: {"config": model}}}
 
     def validation_run_config(self, model_uri: str) -> dict[str, Any]:
         """Run config of ``validate_model`` for one registered version, on the loop's geometry."""

@@ -18,7 +18,7 @@ import xarray as xr
 
 from resources import ModelRegistry, StorageResource
 
-from ..model.generation import CaloGenerator, generate, load_generator
+from ..model.generation import ShowerGenerator, generate, load_generator
 from ..model.registry import alias_version, log_to_run, resolve_version, set_alias, tag_version, version_uri
 from ..physics.simulator import simulate
 from ..progress import Progress
@@ -37,7 +37,7 @@ from .configs import (
     ValidationReportConfig,
 )
 from .metadata import image
-from .model import gan_model
+from .model import flow_model, gan_model
 
 CHAMPION = "champion"
 
@@ -97,7 +97,7 @@ def mc_reference(context: dg.AssetExecutionContext, config: ReferenceConfig, sto
 
 
 @dg.asset(
-    deps=[mc_reference, gan_model],
+    deps=[mc_reference, gan_model, flow_model],
     group_name="validation",
     kinds={"pytorch", "zarr"},
     description="Showers from a registered generator (default: the challenger) at the MC reference's conditions.",
@@ -307,7 +307,7 @@ validation_checks = [_gate_check(name) for name in ("coverage", "fpd", "kpd", "c
 
 def _generate(
     context: dg.AssetExecutionContext,
-    generator: CaloGenerator,
+    generator: ShowerGenerator,
     cfg: ValidationConfig,
     particle: str,
     seed: int,
@@ -400,7 +400,7 @@ def champion_model(
 
 
 @dg.asset(
-    deps=[gan_model],
+    deps=[gan_model, flow_model],
     group_name="validation",
     kinds={"pytorch"},
     description="Showers per second of a registered generator against the MC on this machine, at one condition; "

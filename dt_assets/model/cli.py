@@ -1,7 +1,7 @@
 """Command line for training, the entry point for torchrun, Slurm and pods.
 
     python -m dt_assets.model.cli train --data STORE.zarr [STORE.zarr ...] --checkpoint DIR \\
-        --geometry small_ecal_15x15x12 --epochs 2 --batch-size 32
+        --geometry small_ecal_15x15x12 --epochs 2 --batch-size 32 [--family flow] [--particle e-]
 
     torchrun --nproc_per_node 2 -m dt_assets.model.cli train ...   # DDP, gloo on CPU, NCCL on GPUs
 
@@ -13,10 +13,15 @@ asks for the lines on a terminal too.
 ``reproduce`` trains a registered version again from its reproducibility record (on the CPU, into an
 empty checkpoint folder) and says whether the weights equal the registered generator's::
 
-    python -m dt_assets.model.cli reproduce --model-uri models:/calotwin-3dgan/1 --checkpoint DIR
+    python -m dt_assets.model.cli reproduce --model-uri models:/calotwin-generator/1 --checkpoint DIR
 
 It exits 0 when they are bit-identical, 1 when they differ (the line gives the largest difference) and
 2 when the record's data changed or went missing.
+
+``rename-model`` carries a tracking store from before the flow family over: the 3DGAN versions registered
+as ``calotwin-3dgan`` become versions of ``calotwin-generator`` (same numbers, aliases and tags)::
+
+    python -m dt_assets.model.cli rename-model            # --from calotwin-3dgan --to calotwin-generator
 
 ``--report FILE`` writes, per rank (``FILE`` with ``{rank}`` filled in), a JSON line with the rank, the
 world size, the device, a checksum of the generator's weights and the loss history.
@@ -34,6 +39,8 @@ import torch.distributed as dist
 
 from ..physics.geometry import get_geometry
 from ..progress import STEPS_EVERY_S, cadence, echo, enable_bars
+from .flow_training import FlowTrainConfig
+from .generation import FAMILIES, GAN
 from .job import StepProgress
 from .stream import TrainingData
 from .train import Distributed, EpochReport, TrainConfig, train
@@ -51,12 +58,15 @@ def weights_checksum(module: torch.nn.Module) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dt_assets.model.cli", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("train", help="train a 3DGAN on preprocessed stores")
+    p = commands.add_parser("train", help="train a generator (3DGAN or flow) on preprocessed stores")
     p.add_argument("--data", nargs="+", required=True, help="preprocessed zarr stores")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (resumes if it holds one)")
     p.add_argument("--geometry", required=True)
+    p.add_argument("--family", choices=FAMILIES, default=GAN, help=f"generator family (default {GAN})")
+    p.add_argument("--particle", default=None, help="train on this particle's events only (default: all)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the family's (3dgan 64, flow 256)")
+    p.add_argument("--lr", type=float, default=FlowTrainConfig.lr, help="flow: peak learning rate")
     p.add_argument("--lr-generator", type=float, default=TrainConfig.lr_generator)
     p.add_argument("--lr-discriminator", type=float, default=TrainConfig.lr_discriminator)
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
@@ -76,18 +86,34 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--checkpoint", required=True, help="an empty checkpoint folder for the new training")
     r.add_argument("--device", default="cpu")
     r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: CaloTwin's, see README)")
+    m = commands.add_parser("rename-model", help="rename a registered model (its versions and aliases go along)")
+    m.add_argument("--from", dest="old", default=None, help="default calotwin-3dgan (the name before the flow family)")
+    m.add_argument("--to", dest="new", default=None, help="default calotwin-generator")
+    m.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: CaloTwin's, see README)")
     args = parser.parse_args(argv)
     if args.command == "reproduce":
         return reproduce_command(args.model_uri, args.checkpoint, args.device, args.tracking_uri)
+    if args.command == "rename-model":
+        return rename_command(args.old, args.new, args.tracking_uri)
 
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr_generator=args.lr_generator,
-        lr_discriminator=args.lr_discriminator,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-        seed=args.seed,
-    )
+    config: TrainConfig | FlowTrainConfig
+    if args.family == GAN:
+        config = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size or TrainConfig.batch_size,
+            lr_generator=args.lr_generator,
+            lr_discriminator=args.lr_discriminator,
+            max_steps_per_epoch=args.max_steps_per_epoch,
+            seed=args.seed,
+        )
+    else:
+        config = FlowTrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size or FlowTrainConfig.batch_size,
+            lr=args.lr,
+            max_steps_per_epoch=args.max_steps_per_epoch,
+            seed=args.seed,
+        )
     ctx = Distributed.from_env()
     every_s = cadence(STEPS_EVERY_S) if args.progress_every_s is None else args.progress_every_s
     if every_s < 0:
@@ -97,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         enable_bars()
 
     def progress(report: EpochReport) -> None:
-        losses = ", ".join(f"{k} {report.metrics[k]:.3g}" for k in ("d_real", "d_fake", "g") if k in report.metrics)
+        names = ("d_real", "d_fake", "g", "loss")
+        losses = ", ".join(f"{k} {report.metrics[k]:.3g}" for k in names if k in report.metrics)
         echo(
             f"epoch {report.epoch + 1}/{report.epochs}: {losses}; {report.samples_per_second:.0f} samples/s, "
             f"ETA {report.eta_seconds:.0f} s"
@@ -105,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with StepProgress(None if bars else echo, every_s, bars=bars) as steps:
         result = train(
-            TrainingData(args.data),
+            TrainingData(args.data, particle=args.particle),
             config,
             args.checkpoint,
             get_geometry(args.geometry),
@@ -154,6 +181,24 @@ def reproduce_command(model_uri: str, checkpoint: str, device: str = "cpu", trac
     verdict = "bit-identical to" if equal else "DIFFERENT from"
     echo(f"rebuilt weights are {verdict} the registered generator's (max abs difference {worst:.3g})")
     return 0 if equal else 1
+
+
+def rename_command(old: str | None, new: str | None, tracking_uri: str | None = None) -> int:
+    """The ``rename-model`` subcommand: 0 when renamed, 1 when there is nothing to rename or the name is taken."""
+    import mlflow
+
+    from .registry import DEFAULT_MODEL_NAME, LEGACY_MODEL_NAME, default_tracking_uri, rename_registered_model
+
+    old, new = old or LEGACY_MODEL_NAME, new or DEFAULT_MODEL_NAME
+    uri = tracking_uri or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        versions = rename_registered_model(old, new)
+    except (LookupError, ValueError) as exc:
+        echo(f"cannot rename in {uri}: {exc}")
+        return 1
+    echo(f"renamed {old} to {new} in {uri}: {versions} version(s) with their aliases and tags")
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,13 +12,17 @@ name                      shape                       dtype    meaning
 ``deposits_mev`` (output) ``[batch, x, y, z]``        float32  cell energy deposits, MeV
 ========================  ==========================  =======  =========================================
 
-``batch`` is dynamic. Inside the graph: the latent ``[E/100, theta, noise]`` is built as
-:func:`~dt_assets.model.gan3d.make_latent` builds it (noise x E/100 where the architecture says so),
-the network runs, the power scaling is inverted to MeV (:meth:`Transform.inverse`) and cells below the
-preprocessing threshold (``threshold x mev_per_unit`` MeV, 0.1 MeV for the reference) are set to 0, as
-they were in the training data. With the same noise and conditions the output is what
-:func:`~dt_assets.model.generation.generate` returns with that threshold applied (``generate`` keeps
-sub-threshold cells as the model made them; ``ExportedGenerator(apply_threshold=False)`` equals it).
+``batch`` is dynamic. Inside the graph runs the generator's own ``sample(noise, energy_gev,
+theta_rad)``, then cells below the data's threshold (0.1 MeV for the reference preprocessing) are set
+to 0, as they were in the training data. For the 3DGAN that is: the latent ``[E/100, theta, noise]``
+built as :func:`~dt_assets.model.gan3d.latent_from_noise` builds it, the network, and the power
+scaling inverted to MeV (:meth:`Transform.inverse`). For the flow family it is both ODE solves,
+unrolled at the generator's fixed number of midpoint steps, and the assembly of the cells
+(:meth:`~dt_assets.model.flow.FlowGenerator.sample`): the exported graph needs neither Python nor an
+ODE library. With the same noise and conditions the output is what
+:func:`~dt_assets.model.generation.generate` returns with that threshold applied (``generate`` keeps a
+3DGAN's sub-threshold cells as the network made them; ``ExportedGenerator(apply_threshold=False)``
+equals it).
 
 This module does not import Dagster.
 """
@@ -34,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .generation import CaloGenerator
+from .generation import ShowerGenerator
 
 #: ONNX opset of the export: 17 is read by ONNX Runtime >= 1.14 (2023), old enough for the Geant4 builds that
 #: link ONNX Runtime, and has every operator this network needs (ConvTranspose/Conv3d, LeakyReLU, Pow, Where).
@@ -60,35 +64,34 @@ class ExportError(RuntimeError):
 
 
 class ExportedGenerator(nn.Module):
-    """(noise [B, latent-2], energy_gev [B], theta_rad [B]) -> deposits_mev [B, x, y, z], all float32."""
+    """(noise [B, noise_size], energy_gev [B], theta_rad [B]) -> deposits_mev [B, x, y, z], all float32."""
 
-    def __init__(self, generator: CaloGenerator, apply_threshold: bool = True):
+    def __init__(self, generator: ShowerGenerator, apply_threshold: bool = True):
         super().__init__()
-        self.net = generator.net
-        transform = generator.transform
-        self.energy_scale_gev = float(transform.energy_scale_gev)
-        self.noise_times_energy = bool(generator.arch.noise_times_energy)
-        self.inverse_power = 1.0 / float(transform.power)
-        self.mev_per_unit = float(transform.mev_per_unit)
-        self.threshold_mev = float(transform.threshold * transform.mev_per_unit) if apply_threshold else 0.0
+        self.generator = generator
+        self.threshold_mev = threshold_mev(generator) if apply_threshold else 0.0
 
     def forward(self, noise: torch.Tensor, energy_gev: torch.Tensor, theta_rad: torch.Tensor) -> torch.Tensor:
-        energy = energy_gev / self.energy_scale_gev
-        if self.noise_times_energy:
-            noise = noise * energy[:, None]
-        latent = torch.cat([torch.stack([energy, theta_rad], dim=1), noise], dim=1)
-        scaled = self.net(latent).squeeze(1)
-        deposits = scaled.clamp_min(0).pow(self.inverse_power) * self.mev_per_unit  # Transform.inverse
+        deposits = self.generator.sample(noise, energy_gev, theta_rad)
         if self.threshold_mev > 0:
             deposits = torch.where(deposits < self.threshold_mev, torch.zeros_like(deposits), deposits)
         return deposits
 
 
-def noise_size(generator: CaloGenerator) -> int:
-    return generator.arch.latent_size - 2
+def threshold_mev(generator: ShowerGenerator) -> float:
+    """The cell threshold of the generator's training data, MeV."""
+    if generator.family == "flow":
+        return float(generator.arch.threshold_mev)
+    return float(generator.transform.threshold * generator.transform.mev_per_unit)
 
 
-def example_inputs(generator: CaloGenerator, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def noise_size(generator: ShowerGenerator) -> int:
+    return generator.noise_size
+
+
+def example_inputs(
+    generator: ShowerGenerator, n: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random float32 inputs: N(0, 1) noise, energies uniform in 1-500 GeV, angles uniform in 60-120 deg (rad)."""
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal((n, noise_size(generator)), dtype=np.float32)
@@ -97,12 +100,13 @@ def example_inputs(generator: CaloGenerator, n: int, seed: int = 0) -> tuple[tor
     return torch.from_numpy(noise), torch.from_numpy(energy), torch.from_numpy(theta)
 
 
-def interface(generator: CaloGenerator, model_uri: str = "", opset: int = OPSET) -> dict[str, Any]:
+def interface(generator: ShowerGenerator, model_uri: str = "", opset: int = OPSET) -> dict[str, Any]:
     """The exported graph's contract as JSON-able data: names, shapes, dtypes, units, geometry, model."""
-    transform = generator.transform
     shape = list(generator.geometry.shape)
+    spec = generator.spec()
     return {
         "model_uri": model_uri,
+        "family": generator.family,
         "onnx_opset": opset,
         "inputs": [
             {
@@ -130,22 +134,19 @@ def interface(generator: CaloGenerator, model_uri: str = "", opset: int = OPSET)
                 "description": "energy deposited per cell (x, y, z); cells below threshold_mev are 0",
             }
         ],
-        "threshold_mev": float(transform.threshold * transform.mev_per_unit),
+        "threshold_mev": threshold_mev(generator),
         "conditions": {"energy_gev": list(CHECK_ENERGY_GEV), "theta_deg": list(CHECK_THETA_DEG)},
         "geometry": generator.geometry.to_dict(),
-        "architecture": {
-            "latent_size": generator.arch.latent_size,
-            "noise_times_energy": generator.arch.noise_times_energy,
-        },
-        "transform": transform.to_dict(),
+        "architecture": spec["architecture"],
+        **({"transform": spec["transform"]} if "transform" in spec else {}),
     }
 
 
-def _wrapper(generator: CaloGenerator) -> ExportedGenerator:
+def _wrapper(generator: ShowerGenerator) -> ExportedGenerator:
     return ExportedGenerator(generator.cpu().eval()).eval()
 
 
-def export_onnx(generator: CaloGenerator, path: str | Path, opset: int = OPSET) -> Path:
+def export_onnx(generator: ShowerGenerator, path: str | Path, opset: int = OPSET) -> Path:
     """Write the generator as ONNX (batch axis dynamic) with the TorchScript-based exporter; returns the path."""
     path = Path(path)
     wrapper = _wrapper(generator)
@@ -166,7 +167,7 @@ def export_onnx(generator: CaloGenerator, path: str | Path, opset: int = OPSET) 
     return path
 
 
-def export_torchscript(generator: CaloGenerator, path: str | Path) -> Path:
+def export_torchscript(generator: ShowerGenerator, path: str | Path) -> Path:
     """Write the generator as TorchScript (traced; the batch size is not fixed); returns the path."""
     path = Path(path)
     with torch.no_grad(), warnings.catch_warnings():
@@ -188,7 +189,8 @@ def onnx_session(path: str | Path, threads: int | None = None):
 
 def relative_error(actual: np.ndarray, expected: np.ndarray, threshold_mev: float) -> float:
     """The maximum over showers of max |actual - expected| / max(expected), over the shower's cells above the
-    threshold (in either output; a cell one output zeroed counts in full).
+    threshold (in either output). A cell one output zeroed counts by how far the other output has it above the
+    threshold: a cell at the threshold falls either side by rounding, one well above it counts in full.
 
     Normalising by the shower's hottest cell, not by each cell, keeps the measure about the shower: a
     0.1 MeV cell made from sums that cancel can differ by 1e-3 of itself (1e-4 MeV) without mattering.
@@ -199,8 +201,11 @@ def relative_error(actual: np.ndarray, expected: np.ndarray, threshold_mev: floa
     if actual.shape != expected.shape:
         raise ExportError(f"output shape {actual.shape}, expected {expected.shape}")
     axes = tuple(range(1, expected.ndim))
-    cells = (expected >= threshold_mev) | (actual >= threshold_mev)
-    difference = np.where(cells, np.abs(actual - expected), 0.0).max(axis=axes)
+    above_a, above_e = actual >= threshold_mev, expected >= threshold_mev
+    difference = np.where(above_a & above_e, np.abs(actual - expected), 0.0)
+    difference = np.where(above_e & ~above_a, expected - threshold_mev + np.abs(actual), difference)
+    difference = np.where(above_a & ~above_e, actual - threshold_mev + np.abs(expected), difference)
+    difference = difference.max(axis=axes)
     peak = expected.max(axis=axes)
     ratio = np.divide(difference, peak, out=np.zeros_like(peak), where=peak > 0)
     ratio[(peak <= 0) & (difference > 0)] = 1.0
@@ -208,7 +213,7 @@ def relative_error(actual: np.ndarray, expected: np.ndarray, threshold_mev: floa
 
 
 def check_onnx(
-    generator: CaloGenerator,
+    generator: ShowerGenerator,
     path: str | Path,
     n: int = 64,
     seed: int = 0,
@@ -228,7 +233,7 @@ def check_onnx(
     (actual,) = session.run([OUTPUT], dict(zip(INPUTS, (t.numpy() for t in inputs), strict=True)))
     if not np.isfinite(actual).all():
         raise ExportError(f"{path}: ONNX Runtime returned non-finite deposits")
-    error = relative_error(actual, expected, float(generator.transform.threshold * generator.transform.mev_per_unit))
+    error = relative_error(actual, expected, threshold_mev(generator))
     if not math.isfinite(error) or error > bound:
         raise ExportError(
             f"{path}: ONNX Runtime differs from PyTorch by a relative {error:.3g} on {n} showers "

@@ -55,9 +55,14 @@ class Architecture:
     discriminator: tuple[ConvSpec, ...]
     latent_size: int = LATENT_SIZE
     base_channels: int = 8
-    #: Multiply the noise by E_p/100, as the first (fixed-angle) 3DGAN did. Off in the reference;
-    #: on in the scaled-down variants, where it lets a CPU-sized training learn the energy response.
+    #: Multiply the noise by E_p/100, as the first (fixed-angle) 3DGAN did. Off in the reference (its
+    #: Keras code has the line commented out). On in the scaled-down variants: it makes the input almost
+    #: deterministic at 10-15 GeV, but without it an 80-step training of the small preset learned no energy
+    #: response at all (the same mean visible energy at 20 and 90 GeV), with it 195 and 904 MeV (MC: 207, 929).
     noise_times_energy: bool = False
+    #: Give the real/fake head the conditions [E_p/100, theta] beside the features. Off in the reference
+    #: (its layers and parameter count are the published ones), on in the scaled-down variants.
+    conditioned_discriminator: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +83,7 @@ class Architecture:
             latent_size=int(d["latent_size"]),
             base_channels=int(d["base_channels"]),
             noise_times_energy=bool(d.get("noise_times_energy", False)),
+            conditioned_discriminator=bool(d.get("conditioned_discriminator", False)),
         )
 
 
@@ -126,6 +132,7 @@ def architecture_for(geometry: str | Geometry = DEFAULT_GEOMETRY) -> Architectur
         ),
         discriminator=tuple(ConvSpec(c, (3, 3, 3), padding=(1, 1, 1)) for c in (16, 8, 8, 8)),
         noise_times_energy=True,
+        conditioned_discriminator=True,
     )
 
 
@@ -135,7 +142,14 @@ def _pad(p: tuple[int, int, int]) -> nn.Module:
 
 
 class Generator(nn.Module):
-    """Conditions (E_p/100, theta) and noise to power-scaled cell energies, shape (N, 1, *grid)."""
+    """Conditions (E_p/100, theta) and noise to power-scaled cell energies, shape (N, 1, *grid).
+
+    The network works on an O(1) scale: its output is multiplied by ``output_scale`` (a buffer, not a
+    weight), which :func:`calibrate_output` sets so that an untrained generator already makes showers of
+    the data's visible energy. (Without it, an untrained small generator makes 2000-3100 GeV where the
+    MC has 0.15-1 GeV, the energy-sum loss starts at 1e4-1e5 and the cheapest way down, through the final
+    ReLU, is to switch cells off for good.)
+    """
 
     def __init__(self, arch: Architecture):
         super().__init__()
@@ -154,29 +168,39 @@ class Generator(nn.Module):
             layers.append(_pad(spec.pad_after))
             channels = spec.channels
         self.convs = nn.Sequential(*layers)
+        self.register_buffer("output_scale", torch.ones(()))
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         x = self.linear(latent).view(-1, self.arch.base_channels, *self.arch.base)
-        x = self.convs(self.upsample(x))
+        x = self.convs(self.upsample(x)) * self.output_scale
         return x[(..., *(slice(0, n) for n in self.arch.grid))]  # a no-op for the presets
+
+
+#: edges (MeV of visible cell energy) of the cell-energy histogram the fifth loss compares
+COUNT_EDGES_MEV = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, math.inf)
+#: softness (in ln E) of the histogram's bin edges, so that the counts have gradients
+COUNT_SOFTNESS = 0.1
 
 
 @dataclass
 class DiscriminatorOutput:
-    """Real/fake logit, regressed E_p/100, computed angle (rad) and computed total energy."""
+    """Real/fake logit, regressed E_p/100, computed angle (rad), computed total energy and computed cell counts
+    per energy bin (:data:`COUNT_EDGES_MEV`)."""
 
     logit: torch.Tensor
     energy: torch.Tensor
     angle: torch.Tensor
     total: torch.Tensor
+    counts: torch.Tensor | None = None
 
 
 class Discriminator(nn.Module):
-    """Judges power-scaled showers; also measures their total energy and angle from x^(1/power)."""
+    """Judges power-scaled showers; also measures their total energy, angle and cell-energy histogram from
+    x^(1/power). With ``conditioned_discriminator`` the real/fake head sees the conditions too."""
 
-    def __init__(self, arch: Architecture, geometry: Geometry, power: float = 0.85):
+    def __init__(self, arch: Architecture, geometry: Geometry, power: float = 0.85, mev_per_unit: float = 1000.0):
         super().__init__()
-        self.arch, self.power = arch, power
+        self.arch, self.power, self.mev_per_unit = arch, power, mev_per_unit
         layers: list[nn.Module] = []
         channels = 1
         for i, spec in enumerate(arch.discriminator):
@@ -189,19 +213,37 @@ class Discriminator(nn.Module):
         layers += [nn.AvgPool3d(2), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         n_features = self.features(torch.zeros(1, 1, *arch.grid)).shape[1]
-        self.real_fake = nn.Linear(n_features, 1)
+        self.real_fake = nn.Linear(n_features + (2 if arch.conditioned_discriminator else 0), 1)
         self.energy = nn.Linear(n_features, 1)
         self.angle_estimator = AngleEstimator(geometry)
 
-    def forward(self, cells: torch.Tensor) -> DiscriminatorOutput:
+    def forward(self, cells: torch.Tensor, conditions: torch.Tensor | None = None) -> DiscriminatorOutput:
+        """``cells`` (N, 1, x, y, z) power-scaled; ``conditions`` (N, 2) [E_p/100, theta], needed when the
+        real/fake head is conditioned."""
         features = self.features(cells)
         unscaled = cells.clamp_min(0).pow(1.0 / self.power)
+        head = features
+        if self.arch.conditioned_discriminator:
+            if conditions is None:
+                raise ValueError("this discriminator's real/fake head is conditioned: pass [E_p/100, theta]")
+            head = torch.cat([features, conditions.to(features.dtype)], dim=1)
         return DiscriminatorOutput(
-            logit=self.real_fake(features).squeeze(1),
+            logit=self.real_fake(head).squeeze(1),
             energy=self.energy(features).squeeze(1),
             angle=self.angle_estimator(unscaled),
             total=unscaled.sum(dim=(1, 2, 3, 4)),
+            counts=cell_counts(unscaled * self.mev_per_unit),
         )
+
+
+def cell_counts(cells_mev: torch.Tensor) -> torch.Tensor:
+    """Soft number of cells per bin of :data:`COUNT_EDGES_MEV` (N, bins): each edge a sigmoid in ln E of width
+    :data:`COUNT_SOFTNESS`, so that the count has a gradient (the reference's hard count has none)."""
+    log_e = torch.log(cells_mev.float().flatten(1) + 1e-6)[:, :, None]
+    edges = torch.tensor([math.log(e) for e in COUNT_EDGES_MEV[:-1]], device=cells_mev.device)
+    above = torch.sigmoid((log_e - edges) / COUNT_SOFTNESS)  # (N, cells, edges)
+    above = torch.cat([above, torch.zeros_like(above[:, :, :1])], dim=2)
+    return (above[:, :, :-1] - above[:, :, 1:]).sum(dim=1)
 
 
 class AngleEstimator(nn.Module):
@@ -244,8 +286,20 @@ def make_latent(
     energy_scale_gev: float = 100.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The generator input [E_p/100, theta, noise] (N, latent_size); noise x E_p/100 where the arch says so."""
+    """The generator input [E_p/100, theta, noise] (N, latent_size), the noise drawn from ``generator``."""
     noise = torch.randn((len(energy_gev), arch.latent_size - 2), generator=generator, device=energy_gev.device)
+    return latent_from_noise(arch, noise, energy_gev, theta_rad, energy_scale_gev)
+
+
+def latent_from_noise(
+    arch: Architecture,
+    noise: torch.Tensor,
+    energy_gev: torch.Tensor,
+    theta_rad: torch.Tensor,
+    energy_scale_gev: float = 100.0,
+) -> torch.Tensor:
+    """[E_p/100, theta, noise] from given N(0, 1) ``noise`` (N, latent_size - 2); noise x E_p/100 where the
+    architecture says so."""
     energy = (energy_gev / energy_scale_gev).float()
     if arch.noise_times_energy:
         noise = noise * energy[:, None]
@@ -262,9 +316,11 @@ def gan_losses(
     energy: torch.Tensor,
     angle: torch.Tensor,
     total: torch.Tensor,
-    weights: tuple[float, float, float, float] = (3.0, 0.1, 25.0, 0.1),
+    weights: tuple[float, ...] = (3.0, 0.1, 25.0, 0.1),
+    counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The reference's 4-term loss: BCE (on logits, once), MAPE on energy, L1 on angle, MAPE on the sum.
+    """The reference's loss: BCE (on logits, once), MAPE on energy, L1 on angle, MAPE on the sum, and, with a
+    fifth weight and target ``counts``, the cell-energy histogram term (:func:`count_error`).
 
     Returns the weighted total and the unweighted terms.
     """
@@ -274,8 +330,47 @@ def gan_losses(
         "angle": F.l1_loss(out.angle.float(), angle),
         "total": mape(out.total.float(), total),
     }
+    if len(weights) == 5:
+        if counts is None or out.counts is None:
+            raise ValueError("a fifth loss weight needs the target cell counts")
+        terms["counts"] = count_error(out.counts, counts)
     weighted = sum(w * t for w, t in zip(weights, terms.values(), strict=True))
     return weighted, terms
+
+
+def count_error(counts: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean relative error of cell counts per bin, in percent, with +1 in the denominator (bins may be empty)."""
+    return (100.0 * (counts.float() - target).abs() / (target + 1.0)).mean()
+
+
+def calibrate_output(generator: Generator, latent: torch.Tensor, target_total: float, power: float = 0.85) -> None:
+    """Set ``output_scale`` so that the generator's mean un-scaled shower sum (sum of x^(1/power)) on ``latent``
+    is ``target_total`` (the data's, in the transform's units), in the mode the generator is in."""
+    with torch.no_grad():
+        generator.output_scale.fill_(1.0)
+        made = float(generator(latent).float().clamp_min(0).pow(1.0 / power).sum(dim=(1, 2, 3, 4)).mean())
+        if made > 0 and math.isfinite(made):
+            generator.output_scale.fill_((target_total / made) ** power)
+
+
+def refresh_batchnorm(generator: nn.Module, latents: list[torch.Tensor]) -> None:
+    """Recompute the BatchNorm running statistics of ``generator`` as exact averages over ``latents`` (its
+    weights are an average, so the running statistics of the trained weights do not fit them)."""
+    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = generator.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+    generator.train()
+    with torch.no_grad():
+        for latent in latents:
+            generator(latent)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    generator.train(was_training)
 
 
 def mape(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,22 @@
-"""The usable generator: a 3DGAN generator with its geometry and transform, saved without pickle.
+"""The usable generator of either family, saved without pickle, and generation in the MC's schema.
 
-``build_generator(geometry)`` makes an untrained one; ``generate(generator, n, energy, theta)``
-returns showers in the schema and units of :func:`dt_assets.simulate` (the preprocessing is
-inverted), so MC and GAN output are interchangeable. Files hold ``{"spec": <json>, "generator":
-<tensors>}`` (training checkpoints hold more keys beside these) and load with
-``torch.load(weights_only=True)``: no arbitrary pickle runs.
+Two families share one interface: the 3DGAN (:class:`CaloGenerator`, family ``3dgan``) and the
+two-stage conditional flow matching model (:class:`~dt_assets.model.flow.FlowGenerator`, family
+``flow``). Each knows its geometry, has ``noise_size`` and ``sample(noise, energy_gev, theta_rad)``
+(standard normal noise and the conditions to deposits in MeV), and a JSON ``spec()`` that names its
+family. ``build_generator(geometry, family)`` makes an untrained one; ``generate(generator, n,
+energy, theta)`` returns showers in the schema and units of :func:`dt_assets.simulate`, so MC and
+generator output are interchangeable. Files hold ``{"spec": <json>, "generator": <tensors>}``
+(training checkpoints hold more keys beside these) and load with ``torch.load(weights_only=True)``:
+no arbitrary pickle runs. A file without a family in its spec is a 3DGAN (files written before the
+flow family existed).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,14 +30,21 @@ from ..physics.particles import pdg_code
 from ..physics.simulator import RunArguments, sample_conditions
 from ..showers.schema import EVENTS_PER_CHUNK, concat_blocks, shower_dataset
 from ..showers.store import atomic_file, url_to_fs
-from .gan3d import Architecture, Generator, architecture_for, make_latent
+from .flow import FlowGenerator
+from .gan3d import Architecture, Generator, architecture_for, calibrate_output, latent_from_noise, make_latent
 from .preprocess import Transform
 
 GENERATOR_FILE = "generator.pt"
+GAN = "3dgan"
+FLOW = FlowGenerator.family
+#: the generator families, by the name their specs, tags and configs use
+FAMILIES = (GAN, FLOW)
 
 
 class CaloGenerator(nn.Module):
     """A 3DGAN generator that knows its geometry, architecture and preprocessing transform."""
+
+    family = GAN
 
     def __init__(self, geometry: Geometry, arch: Architecture | None = None, transform: Transform | None = None):
         super().__init__()
@@ -46,6 +59,7 @@ class CaloGenerator(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         return {
+            "family": self.family,
             "geometry": self.geometry.to_dict(),
             "architecture": self.arch.to_dict(),
             "transform": self.transform.to_dict(),
@@ -62,32 +76,69 @@ class CaloGenerator(nn.Module):
     def latent(self, energy_gev: torch.Tensor, theta_rad: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return make_latent(self.arch, energy_gev, theta_rad, self.transform.energy_scale_gev, generator)
 
+    @property
+    def noise_size(self) -> int:
+        """N(0, 1) inputs per shower: the latent without its two conditions."""
+        return self.arch.latent_size - 2
 
-def build_generator(geometry: str | Geometry = DEFAULT_GEOMETRY) -> CaloGenerator:
-    """The untrained generator for a geometry preset (the reference architecture for the default)."""
-    return CaloGenerator(get_geometry(geometry))
+    def sample(self, noise: torch.Tensor, energy_gev: torch.Tensor, theta_rad: torch.Tensor) -> torch.Tensor:
+        """Deposits (N, x, y, z) in MeV from ``noise`` (N, noise_size) and the conditions; cells below the
+        threshold stay as the network made them."""
+        latent = latent_from_noise(self.arch, noise, energy_gev, theta_rad, self.transform.energy_scale_gev)
+        return self.transform.inverse(self(latent).float()).squeeze(1)
 
 
-def generator_payload(generator: CaloGenerator) -> dict[str, Any]:
+#: a generator of either family
+ShowerGenerator = CaloGenerator | FlowGenerator
+
+
+def build_generator(geometry: str | Geometry = DEFAULT_GEOMETRY, family: str = GAN) -> ShowerGenerator:
+    """The untrained generator of ``family`` (``3dgan`` or ``flow``) for a geometry preset (the 3DGAN's
+    reference architecture for the default geometry)."""
+    geometry = get_geometry(geometry)
+    if family == FLOW:
+        return FlowGenerator(geometry)
+    if family != GAN:
+        raise ValueError(f"unknown generator family {family!r}; one of {list(FAMILIES)}")
+    generator = CaloGenerator(geometry)
+    # its output calibrated to the geometry's visible energy at 100 GeV (a training calibrates it to the data)
+    noise = torch.Generator().manual_seed(0)
+    latent = generator.latent(torch.full((4,), 100.0), torch.full((4,), math.pi / 2), noise)
+    visible_units = 100.0 * geometry.sampling_fraction * 1000.0 / generator.transform.mev_per_unit
+    calibrate_output(generator.net.eval(), latent, visible_units, generator.transform.power)  # as generate() runs it
+    return generator.train()
+
+
+def generator_from_spec(spec: Mapping[str, Any]) -> ShowerGenerator:
+    """An untrained generator of the spec's family, geometry and architecture."""
+    family = spec.get("family", GAN)
+    if family == GAN:
+        return CaloGenerator.from_spec(spec)
+    if family == FLOW:
+        return FlowGenerator.from_spec(spec)
+    raise ValueError(f"unknown generator family {family!r}; one of {list(FAMILIES)}")
+
+
+def generator_payload(generator: ShowerGenerator) -> dict[str, Any]:
     """The generator as plain data: a JSON spec and a state dict of CPU tensors."""
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
     return {"spec": json.dumps(generator.spec(), sort_keys=True), "generator": state}
 
 
-def generator_bytes(generator: CaloGenerator) -> bytes:
+def generator_bytes(generator: ShowerGenerator) -> bytes:
     buffer = io.BytesIO()
     torch.save(generator_payload(generator), buffer)
     return buffer.getvalue()
 
 
-def save_generator(generator: CaloGenerator, url: str, storage_options: Mapping[str, Any] | None = None) -> str:
+def save_generator(generator: ShowerGenerator, url: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """Write the generator file atomically to a path or fsspec URL."""
     with atomic_file(url, storage_options) as handle:
         handle.write(generator_bytes(generator))
     return url
 
 
-def generator_from_bytes(data: bytes, source: str = "generator file") -> CaloGenerator:
+def generator_from_bytes(data: bytes, source: str = "generator file") -> ShowerGenerator:
     """Rebuild a generator from a generator file or a training checkpoint, with ``weights_only=True``."""
     return generator_from_payload(read_payload(data, source), source)
 
@@ -100,17 +151,17 @@ def read_payload(data: bytes, source: str) -> dict[str, Any]:
         raise ValueError(f"{source}: not a CaloTwin generator file ({type(exc).__name__}: {exc})") from None
 
 
-def generator_from_payload(payload: Mapping[str, Any], source: str = "generator file") -> CaloGenerator:
-    """Rebuild a generator from a loaded generator file or checkpoint (its ``spec`` and ``generator``)."""
+def generator_from_payload(payload: Mapping[str, Any], source: str = "generator file") -> ShowerGenerator:
+    """Rebuild a generator of either family from a loaded generator file or checkpoint (``spec``, ``generator``)."""
     try:
-        generator = CaloGenerator.from_spec(json.loads(payload["spec"]))
+        generator = generator_from_spec(json.loads(payload["spec"]))
         generator.load_state_dict(payload["generator"])
     except Exception as exc:  # a missing key, a bad spec or mismatched weights
         raise ValueError(f"{source}: not a CaloTwin generator file ({type(exc).__name__}: {exc})") from None
     return generator.eval()
 
 
-def load_generator(model_uri: str, storage_options: Mapping[str, Any] | None = None) -> CaloGenerator:
+def load_generator(model_uri: str, storage_options: Mapping[str, Any] | None = None) -> ShowerGenerator:
     """Load a generator from ``models:/name@alias``, ``models:/name/N``, a checkpoint or a generator file.
 
     Registry URIs are resolved by MLflow (the current tracking URI). Checkpoints written by the
@@ -129,7 +180,7 @@ def load_generator(model_uri: str, storage_options: Mapping[str, Any] | None = N
 
 @torch.no_grad()
 def generate(
-    generator: CaloGenerator,
+    generator: ShowerGenerator,
     n_events: int,
     energy_gev: float | tuple[float, float],
     theta_deg: float | tuple[float, float],
@@ -161,9 +212,9 @@ def generate(
                 stop = min(start + batch_size, n)
                 energy = torch.as_tensor(conditions.energy_gev[start:stop], device=device, dtype=torch.float32)
                 theta = torch.as_tensor(conditions.theta_rad[start:stop], device=device, dtype=torch.float32)
-                scaled = generator(generator.latent(energy, theta, noise))
-                cells[start:stop] = generator.transform.inverse(scaled.float()).squeeze(1).cpu().numpy()
-            attrs = {"simulator": "calotwin-3dgan", "simulator_version": "generator", "seed": run.seed}
+                draw = torch.randn((stop - start, generator.noise_size), generator=noise, device=device)
+                cells[start:stop] = generator.sample(draw, energy, theta).float().cpu().numpy()
+            attrs = {"simulator": f"calotwin-{generator.family}", "simulator_version": "generator", "seed": run.seed}
             blocks.append(
                 shower_dataset(cells, conditions.energy_gev, conditions.theta_rad, conditions.particle, geometry, attrs)
             )

@@ -1,7 +1,8 @@
-"""Hyper-parameter optimisation of the 3DGAN with Optuna, judged by the physics validation.
+"""Hyper-parameter optimisation of either generator family with Optuna, judged by the physics validation.
 
-A study tunes learning rates, loss weights, batch size, latent size and label-flip rate
-(:class:`SearchSpace`). Each trial trains a small model epoch by epoch; after every epoch the
+A study tunes one family (:class:`SearchSpace`): for the 3DGAN learning rates, loss weights, batch
+size, latent size and label-flip rate; for the flow family the learning rate, EMA decay, batch size
+and the shape flow's width. Each trial trains a small model epoch by epoch; after every epoch the
 generator makes showers at the conditions of a small MC reference and
 :func:`dt_assets.validation.validate.validate` scores them (the validation's ``score``: FPD by
 default, lower is better; ``coverage`` is maximised). The score is reported to Optuna after each
@@ -60,6 +61,7 @@ from ..showers.store import read_showers, url_to_fs
 from ..validation.config import SCORES, ValidationConfig
 from ..validation.samples import generate_grid
 from ..validation.validate import validate
+from .flow_training import FlowTrainConfig
 from .generation import generator_from_payload
 from .search_space import PARAMETERS, SearchSpace, apply_parameters
 from .step import TrainConfig, TrainingCollapsedError
@@ -102,7 +104,7 @@ class HpoJob:
     geometry: str
     reference_url: str
     trials_url: str  # folder (path or fsspec URL) of the trials' checkpoints: <trials_url>/trial-0003/
-    train: dict[str, Any] = field(default_factory=dict)  # the base TrainConfig (epochs, steps, seed, ...)
+    train: dict[str, Any] = field(default_factory=dict)  # the family's base config (epochs, steps, seed, ...)
     search_space: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)  # a ValidationConfig (grid, events_per_cell, score)
     particle: str = "e-"
@@ -117,6 +119,8 @@ class HpoJob:
     heartbeat_interval_s: int = 30  # a running trial's worker writes a heartbeat this often
     grace_period_s: int = 120  # a RUNNING trial without a heartbeat this long is lost: FAIL, run again
     max_retries: int = 1  # how often one trial's parameters are run again after lost workers
+    family: str = "3dgan"  # the generator family the study tunes
+    training_particle: str | None = None  # the particle trials train on (None: every event)
 
     def __post_init__(self) -> None:
         if not self.study_name:
@@ -137,14 +141,19 @@ class HpoJob:
         if self.max_retries < 0:
             raise ValueError(f"hpo job: max_retries must be >= 0, got {self.max_retries}")
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self) -> TrainConfig | FlowTrainConfig:
         config = dict(self.train)
+        if self.family == "flow":
+            return FlowTrainConfig(**config)
         if "loss_weights" in config:
             config["loss_weights"] = tuple(config["loss_weights"])
         return TrainConfig(**config)
 
     def space(self) -> SearchSpace:
-        return SearchSpace.from_dict(self.search_space)
+        space = SearchSpace.from_dict(self.search_space)
+        if space.family != self.family:
+            raise ValueError(f"hpo job: the search space is for {space.family}, the study tunes {self.family}")
+        return space
 
     def validation_config(self) -> ValidationConfig:
         return ValidationConfig.from_dict(self.validation)
@@ -368,7 +377,7 @@ class _Objective:
     def __init__(self, job: HpoJob, worker: int) -> None:
         self.job = job
         self.worker = worker
-        self.data = TrainingData(job.data, job.storage_options)
+        self.data = TrainingData(job.data, job.storage_options, particle=job.training_particle)
         self.geometry = get_geometry(job.geometry)
         self.base = job.train_config()
         self.space = job.space()
@@ -443,7 +452,9 @@ class _ChildRun:
 
 
 @contextmanager
-def _child_run(job: HpoJob, trial: optuna.Trial, params: Mapping[str, Any], config: TrainConfig) -> Iterator[_ChildRun]:
+def _child_run(
+    job: HpoJob, trial: optuna.Trial, params: Mapping[str, Any], config: TrainConfig | FlowTrainConfig
+) -> Iterator[_ChildRun]:
     """The trial's MLflow run, a child of the study's run; its status follows the trial's state."""
     if not job.tracking_uri:
         yield _ChildRun(None, None)

@@ -20,8 +20,9 @@ from typing import Any
 
 from ..physics.geometry import get_geometry
 from ..progress import STEPS_EVERY_S, Progress, Snapshot, duration, rate_text
+from .flow_training import FlowTrainConfig
 from .gan3d import Discriminator
-from .generation import generator_from_payload
+from .generation import FAMILIES, FLOW, GAN, generator_from_payload
 from .step import TrainConfig
 from .stream import TrainingData
 from .train import CHECKPOINT_FILE, EpochReport, StepReport, TrainResult, read_checkpoint, train
@@ -47,8 +48,9 @@ RESULT_MESSAGE = "result"
 
 @dataclass(frozen=True)
 class TrainingJob:
-    """One training: the preprocessed stores, the checkpoint folder, the geometry and the settings,
-    and how often (seconds) rank 0 logs the steps within an epoch."""
+    """One training: the preprocessed stores, the checkpoint folder, the geometry, the generator family
+    and its settings, the particle it trains on (None: every event), and how often (seconds) rank 0 logs
+    the steps within an epoch."""
 
     data: list[str]
     checkpoint_dir: str
@@ -58,10 +60,14 @@ class TrainingJob:
     warm_start: str | None = None
     device: str | None = None
     progress_every_s: float = STEPS_EVERY_S
+    family: str = GAN
+    particle: str | None = None
 
     def __post_init__(self) -> None:
         if not self.data:
             raise ValueError("a training job needs at least one preprocessed store")
+        if self.family not in FAMILIES:
+            raise ValueError(f"training job: unknown family {self.family!r}; one of {list(FAMILIES)}")
         if not (isinstance(self.progress_every_s, int | float) and math.isfinite(self.progress_every_s)):
             raise ValueError(f"training job: progress_every_s must be a number, got {self.progress_every_s!r}")
         if self.progress_every_s < 0:
@@ -69,11 +75,17 @@ class TrainingJob:
         get_geometry(self.geometry)  # raises on an unknown preset
         self.train_config()  # raises on a bad setting, naming it
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self) -> TrainConfig | FlowTrainConfig:
+        """The family's settings (:class:`TrainConfig` for the 3DGAN, :class:`FlowTrainConfig` for the flow)."""
         config = dict(self.config)
+        if self.family == FLOW:
+            return FlowTrainConfig(**config)
         if "loss_weights" in config:
             config["loss_weights"] = tuple(config["loss_weights"])
         return TrainConfig(**config)
+
+    def training_data(self) -> TrainingData:
+        return TrainingData(self.data, self.storage_options, particle=self.particle)
 
     @property
     def checkpoint_url(self) -> str:
@@ -118,7 +130,7 @@ def run_job(
     """Train (or resume) the job in this process; under torchrun every rank calls this (rank 0 alone
     calls ``callbacks`` per epoch and ``on_step`` per step)."""
     return train(
-        TrainingData(job.data, job.storage_options),
+        job.training_data(),
         job.train_config(),
         job.checkpoint_dir,
         get_geometry(job.geometry),
@@ -136,8 +148,11 @@ def read_result(job: TrainingJob, device: str, resumed_from_epoch: int) -> Train
     if payload is None:
         raise FileNotFoundError(f"{job.checkpoint_url}: the training finished but left no checkpoint")
     generator = generator_from_payload(payload, job.checkpoint_url)
-    discriminator = Discriminator(generator.arch, get_geometry(job.geometry), generator.transform.power)
-    discriminator.load_state_dict(payload["discriminator"])
+    discriminator = None
+    if job.family == GAN:
+        discriminator = Discriminator(generator.arch, get_geometry(job.geometry), generator.transform.power)
+        discriminator.load_state_dict(payload["discriminator"])
+        discriminator.eval()
     history = json.loads(payload["history"])
     if len(history) != job.train_config().epochs:
         raise ValueError(
@@ -145,7 +160,7 @@ def read_result(job: TrainingJob, device: str, resumed_from_epoch: int) -> Train
         )
     return TrainResult(
         generator=generator.eval(),
-        discriminator=discriminator.eval(),
+        discriminator=discriminator,
         history=history,
         checkpoint_url=job.checkpoint_url,
         resumed_from_epoch=resumed_from_epoch,
@@ -156,10 +171,11 @@ def read_result(job: TrainingJob, device: str, resumed_from_epoch: int) -> Train
 def epoch_line(report: EpochReport) -> str:
     """The progress line of one epoch (the same whichever compute ran it)."""
     m = report.metrics
-    losses = ", ".join(f"{k} {m[k]:.3g}" for k in ("d_real", "d_fake", "g", "val_g") if k in m)
+    names = ("d_real", "d_fake", "g", "val_g", "loss", "val_loss_stage1", "val_loss_stage2")
+    losses = ", ".join(f"{k} {m[k]:.3g}" for k in names if k in m)
     esum = ""
     if "val_esum_over_ep_gan" in m:
-        esum = f", E_sum/E_p GAN {m['val_esum_over_ep_gan']:.4f} vs MC {m['val_esum_over_ep_mc']:.4f}"
+        esum = f", E_sum/E_p generated {m['val_esum_over_ep_gan']:.4f} vs MC {m['val_esum_over_ep_mc']:.4f}"
     return (
         f"epoch {report.epoch + 1}/{report.epochs}: {losses}{esum}; {report.samples_per_second:.1f} samples/s, "
         f"{report.seconds:.0f} s, ETA {report.eta_seconds:.0f} s"

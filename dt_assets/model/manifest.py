@@ -27,11 +27,14 @@ def runs_for(manifest: Mapping, geometry: str) -> list[dict]:
     return list(manifest.get("geometries", {}).get(geometry, {}).get("runs", []))
 
 
-def training_key(config: Mapping[str, Any], runs: Iterable[Mapping[str, Any]], geometry: str) -> str:
-    """Names a training by what fixes its result, except the number of epochs (so more epochs resume)."""
+def training_key(
+    config: Mapping[str, Any], runs: Iterable[Mapping[str, Any]], geometry: str, family: str = "3dgan"
+) -> str:
+    """Names a training by what fixes its result, except the number of epochs (so more epochs resume);
+    ``gan-...`` for a 3DGAN, ``flow-...`` for the flow family."""
     identity = {
         "config": {k: v for k, v in config.items() if k != "epochs"},
         "geometry": geometry,
         "runs": sorted((r["run"], r["train"], r["validation"]) for r in runs),
     }
-    return "gan-" + sha256_json(identity, 12)
+    return ("gan-" if family == "3dgan" else f"{family}-") + sha256_json(identity, 12)

@@ -1,18 +1,20 @@
 """Reproducibility records: everything needed to train a registered model version again.
 
-A :class:`ReproducibilityRecord` holds the training data (each preprocessed store's URL, run key,
+A :class:`ReproducibilityRecord` holds the generator family (``3dgan`` or ``flow``), the particle
+trained on, the training data (each preprocessed store's URL, run key,
 event counts and content checksum), the whole :class:`~dt_assets.model.job.TrainingJob` settings
-(the :class:`~dt_assets.model.step.TrainConfig`: epochs, batch size, learning rates, loss weights,
-label flip, seed, step cap; the geometry; the warm start and, for a registry warm start, the exact
+(the family's config, :class:`~dt_assets.model.step.TrainConfig` or
+:class:`~dt_assets.model.flow_training.FlowTrainConfig`: epochs, batch size, learning rates, seed, step
+cap and the family's own settings; the geometry; the warm start and, for a registry warm start, the exact
 version it resolved to), the training stages (epoch counts at which a resumed training had stopped),
 the code version and git commit, and the software and hardware it ran on (package versions, device,
 world size, torch threads and determinism settings).
 
 :func:`build_record` makes one, :func:`verify_data` recomputes the data checksums (a changed or
 missing store raises :class:`DataChangedError` naming it) and :func:`reproduce` trains again from the
-record, on the CPU by default, in one thread-count-pinned deterministic process. ``gan_model`` stores the
-record as ``reproducibility/record.json`` in the model version's MLflow run; :func:`read_record` reads it
-back from a registry URI.
+record, on the CPU by default, in one thread-count-pinned deterministic process. ``gan_model`` and
+``flow_model`` store the record as ``reproducibility/record.json`` in the model version's MLflow run;
+:func:`read_record` reads it back from a registry URI.
 
 The data checksum (:func:`store_checksum`) is a SHA-256 over what training reads of a store, in
 order: the ``transform`` attribute, then for each variable of :data:`HASHED` (``split``, the per-event
@@ -106,6 +108,10 @@ class ReproducibilityRecord:
     environment: dict[str, Any]
     training_key: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the generator family (records written before the flow family hold none: a 3DGAN)
+    family: str = "3dgan"
+    #: the particle the training read (None: every event)
+    particle: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, indent=2)
@@ -140,6 +146,8 @@ class ReproducibilityRecord:
             storage_options=dict(storage_options or {}),
             warm_start=self.warm_start_version_uri or self.warm_start,
             device=device,
+            family=self.family,
+            particle=self.particle,
         )
 
 
@@ -256,6 +264,8 @@ def build_record(
         environment=environment(device, world_size),
         training_key=training_key,
         extra=dict(extra or {}),
+        family=job.family,
+        particle=job.particle,
     )
 
 

@@ -22,9 +22,12 @@ from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
 
 from ..home import calotwin_home
-from .generation import GENERATOR_FILE, CaloGenerator, generator_from_bytes, save_generator
+from .generation import GENERATOR_FILE, ShowerGenerator, generator_from_bytes, save_generator
 
-DEFAULT_MODEL_NAME = "calotwin-3dgan"
+#: the registered model both generator families register their versions in (before the flow family, CaloTwin
+#: registered 3DGANs as "calotwin-3dgan": :func:`rename_registered_model` carries such a store over)
+DEFAULT_MODEL_NAME = "calotwin-generator"
+LEGACY_MODEL_NAME = "calotwin-3dgan"
 DEFAULT_EXPERIMENT = "calotwin"
 TRACKING_URI_ENV = "CALOTWIN_MLFLOW_URI"
 #: What a logged generator needs to run (MLflow would otherwise spend ~10 s inferring it).
@@ -63,14 +66,15 @@ def ensure_experiment(name: str, tracking_uri: str, artifact_location: str | Non
 
 
 def log_generator(
-    generator: CaloGenerator,
+    generator: ShowerGenerator,
     registered_model_name: str = DEFAULT_MODEL_NAME,
     tags: Mapping[str, str] | None = None,
 ) -> ModelVersion:
-    """Log ``generator`` to the active MLflow run, register a new version and tag it; return the version.
+    """Log ``generator`` to the active MLflow run, register a new version and tag it (``family`` always);
+    return the version.
 
-    The MLflow flavour exports the model with an input example on the CPU, so ``generator`` is moved to
-    the CPU and put in eval mode.
+    The MLflow flavour exports the model with an input example (the latent ``[E_p/100, theta, noise]``)
+    on the CPU, so ``generator`` is moved to the CPU and put in eval mode.
     """
     if mlflow.active_run() is None:
         raise RuntimeError("log_generator needs an active MLflow run (mlflow.start_run())")
@@ -80,22 +84,44 @@ def log_generator(
         info = mlflow.pytorch.log_model(
             generator,
             name="generator",
-            input_example=np.zeros((1, generator.arch.latent_size), dtype=np.float32),
+            input_example=np.concatenate([[[1.0, 1.5]], np.zeros((1, generator.noise_size))], axis=1, dtype=np.float32),
             pip_requirements=PIP_REQUIREMENTS,
             extra_files=[str(path)],
             registered_model_name=registered_model_name,
         )
     client = MlflowClient()
     version = client.get_model_version(registered_model_name, str(info.registered_model_version))
-    tag_version(version, tags or {})
+    tag_version(version, {"family": generator.family, **(tags or {})})
     return client.get_model_version(registered_model_name, version.version)
+
+
+def rename_registered_model(old: str = LEGACY_MODEL_NAME, new: str = DEFAULT_MODEL_NAME) -> int:
+    """Rename a registered model, its versions, aliases and tags with it; returns its number of versions.
+
+    How a tracking store from before the flow family carries over: versions registered as
+    ``calotwin-3dgan`` become versions of ``calotwin-generator`` with the same numbers and aliases.
+    Raises LookupError when ``old`` does not exist and ValueError when ``new`` already does.
+    """
+    client = MlflowClient()
+    try:
+        client.get_registered_model(old)
+    except mlflow.exceptions.MlflowException:
+        raise LookupError(f"no registered model named {old!r}") from None
+    try:
+        client.get_registered_model(new)
+    except mlflow.exceptions.MlflowException:
+        pass
+    else:
+        raise ValueError(f"a registered model named {new!r} exists already; rename or delete it first")
+    client.rename_registered_model(old, new)
+    return len(client.search_model_versions(f"name='{new}'"))
 
 
 def set_alias(alias: str, version: str | int, registered_model_name: str = DEFAULT_MODEL_NAME) -> None:
     MlflowClient().set_registered_model_alias(registered_model_name, alias, str(version))
 
 
-def download_generator(model_uri: str) -> CaloGenerator:
+def download_generator(model_uri: str) -> ShowerGenerator:
     """Load the generator of a registry URI (``models:/name@alias`` or ``models:/name/N``)."""
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     path = local / "extra_files" / GENERATOR_FILE

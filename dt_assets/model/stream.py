@@ -1,6 +1,7 @@
 """Streaming training data: batches drawn from preprocessed zarr stores in bounded memory.
 
-A :class:`TrainingData` is a list of preprocessed stores (one per run). Each epoch the on-disk chunks
+A :class:`TrainingData` is a list of preprocessed stores (one per run), optionally restricted to one
+particle (the events of other particles are in no split). Each epoch the on-disk chunks
 (256 events) are shuffled with a seed derived from (seed, epoch) and dealt to the ranks; a rank
 loads ``buffer_chunks`` chunks at a time, keeps the events of the wanted split, shuffles them and
 yields batches. Memory is bounded by the buffer, whatever the size of the data. Every rank yields
@@ -16,27 +17,37 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..physics.particles import pdg_code
 from ..showers.schema import EVENTS_PER_CHUNK
 from ..showers.store import open_store
 from .preprocess import CELLS, SPLITS, Transform, preprocessed_transform
 from .step import Batch
 
 FIELDS = ("energy", "theta", "total", "measured_theta", "primary_energy")
+#: the split code of events of another particle than the one asked for (in no split)
+OTHER_PARTICLE = -1
 
 
 @dataclass
 class TrainingData:
-    """Preprocessed stores (URLs) read as one data set."""
+    """Preprocessed stores (URLs) read as one data set; with ``particle``, only that particle's events."""
 
     urls: list[str]
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     buffer_chunks: int = 4
+    particle: str | None = None
 
     def __post_init__(self) -> None:
         if not self.urls:
             raise ValueError("training data needs at least one preprocessed store")
         self._stores = [open_store(url, self.storage_options) for url in self.urls]
         self._splits = [np.asarray(ds["split"].values) for ds in self._stores]
+        if self.particle is not None:
+            code = pdg_code(self.particle)
+            self._splits = [
+                np.where(np.asarray(ds["particle"].values) == code, split, OTHER_PARTICLE)
+                for ds, split in zip(self._stores, self._splits, strict=True)
+            ]
         transforms = {ds.attrs["transform"] for ds in self._stores}
         grids = {tuple(ds.sizes[d] for d in ("x", "y", "z")) for ds in self._stores}
         if len(transforms) > 1 or len(grids) > 1:

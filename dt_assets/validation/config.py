@@ -25,6 +25,13 @@ small preset (``bench/validation.py`` prints that calibration): each sits about 
 the largest value any of 150 MC-vs-MC cell comparisons reached, so independent MC passes, while a
 10% energy-scale error, a one-layer profile shift or 20% wider showers fail. With fewer events per
 cell the statistical floor rises: the report flags checks whose baseline reaches the threshold.
+
+The gates (what promotion needs) are set at the level of the CaloChallenge 2022 leaders against Geant4
+(arXiv:2410.21611: CaloDREAM's classifier AUC 0.52, FPD 2.3x the floor; CaloDiffusion 0.59), not at MC
+against MC, which only MC itself passes: coverage of at least 90% of the grid's cells (a cell passes when
+every check in it does), E_sum/E_p within 2% in a cell, classifier AUC at most 0.6, FPD and KPD at most
+0.005 (about five times the MC-vs-MC floor's upper 95% limit at 500 events a cell, 0.001 and 0.0004).
+``bench/gates.py`` shows them against MC with its parametrisation moved by known amounts.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ SCORES = {"fpd": True, "kpd": True, "classifier_auc": True, "coverage": False}
 
 DEFAULT_THRESHOLDS: dict[str, float | None] = {
     "mean_error": 0.05,
+    # the response: what a detector study reads first (the CaloChallenge leaders were within ~1-2%)
+    "e_ratio.mean_error": 0.02,
     "width_error": 0.25,
     "separation_power": 0.1,
     "wasserstein": 0.45,
@@ -126,7 +135,7 @@ class ValidationConfig:
     bins: int = 30
     bootstrap: int = 100
     confidence: float = 0.95
-    min_coverage: float = 1.0
+    min_coverage: float = 0.9
     score: str = "fpd"
     global_features: tuple[str, ...] | None = None
     fpd_batches: int = 10

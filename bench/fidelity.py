@@ -1,0 +1,204 @@
+"""Benchmark: fidelity per CPU-minute. Train a generator family for N minutes on the small preset, then judge it
+with the default validation.
+
+1. Data: fresh Monte Carlo electrons (``--events``, 10-200 GeV, 60-120 degrees, four runs), preprocessed into
+   zarr stores as the pipeline does (``preprocess_blocks``), cached under ``--data`` by what fixes them.
+2. Training: ``dt_assets.model.train.train`` (what ``gan_model`` and ``flow_model`` run) with the family's
+   defaults, for N minutes of this machine's cores: a short timing run measures the step rate, and the
+   training gets as many steps as fit in N minutes (10 epochs). Training data time is not counted.
+3. Validation: the default validation (``ValidationConfig()``: 15 cells of 500 events, bootstrap 100, the
+   CaloChallenge classifier) against an independent MC reference, with the MC-vs-MC floor beside every number.
+
+Writes to ``--out``: ``generator.pt`` (loads with ``dt_assets.load_generator``), ``report.html`` and
+``result.json`` (the validation), ``checkpoint/``. Prints the global metrics beside the floor, the per-cell
+E_sum/E_p and occupancy errors, training samples/s and generation showers/s, then one JSON line.
+
+    .venv/bin/python bench/fidelity.py --family flow --minutes 15 --out /tmp/fidelity-flow-15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dt_assets import get_geometry, simulate_blocks
+from dt_assets.model.flow_training import FlowTrainConfig
+from dt_assets.model.generation import load_generator, save_generator
+from dt_assets.model.preprocess import preprocess_blocks
+from dt_assets.model.step import TrainConfig
+from dt_assets.model.stream import TrainingData
+from dt_assets.model.train import train
+from dt_assets.showers.store import sha256_json, write_blocks
+from dt_assets.validation.config import ValidationConfig
+from dt_assets.validation.report import write_html
+from dt_assets.validation.samples import generate_grid, simulate_grid
+from dt_assets.validation.validate import validate
+
+GEOMETRY = "small_ecal_15x15x12"
+RUNS = 4
+#: the seeds of the pipeline's validation: MC reference and generated showers (ReferenceConfig, GeneratedShowersConfig)
+REFERENCE_SEED, GENERATION_SEED = 1_000_000, 2_000_000
+EPOCHS = 10
+TIMING_STEPS = {"flow": 30, "3dgan": 20}
+
+
+def training_data(events: int, folder: Path) -> list[str]:
+    """Preprocessed stores of ``events`` fresh electrons in four runs (simulated once, then reused)."""
+    urls = []
+    for run in range(RUNS):
+        n = events // RUNS
+        spec = {"n": n, "energy": [10.0, 200.0], "theta": [60.0, 120.0], "geometry": GEOMETRY, "seed": 101 + run}
+        key = f"mc-bench-{sha256_json(spec, 10)}"
+        url = folder / f"{key}.zarr"
+        if not url.exists():
+            blocks = simulate_blocks(n, (10.0, 200.0), (60.0, 120.0), "e-", GEOMETRY, seed=101 + run)
+            write_blocks(preprocess_blocks(blocks, key), str(url))
+        urls.append(str(url))
+    return urls
+
+
+def family_config(family: str, steps_per_epoch: int, seed: int) -> TrainConfig | FlowTrainConfig:
+    if family == "flow":
+        return FlowTrainConfig(epochs=EPOCHS, max_steps_per_epoch=steps_per_epoch, seed=seed)
+    return TrainConfig(epochs=EPOCHS, max_steps_per_epoch=steps_per_epoch, seed=seed)
+
+
+def step_rate(family: str, data: TrainingData, seed: int) -> float:
+    """Training steps per second, from a short training (its first step, which warms up, not counted)."""
+    steps = TIMING_STEPS[family]
+    config = family_config(family, steps, seed)
+    config = type(config)(**{**config.to_dict(), "epochs": 1, "validation_batches": 1})
+    times: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        train(data, config, tmp, get_geometry(GEOMETRY), on_step=[lambda r: times.append(r.seconds)])
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=("3dgan", "flow"))
+    parser.add_argument("--minutes", type=float, help="training time on this machine's cores")
+    parser.add_argument(
+        "--generator", default=None, help="judge this generator file instead of training one (no --family/--minutes)"
+    )
+    parser.add_argument("--out", required=True, help="folder for the generator, the report and the checkpoint")
+    parser.add_argument("--events", type=int, default=160_000, help="fresh MC training showers (default 160000)")
+    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "calotwin-fidelity-data"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.generator is None and (args.family is None or args.minutes is None):
+        parser.error("give --family and --minutes to train, or --generator FILE to judge a trained one")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    if args.generator is not None:
+        generator = load_generator(args.generator)
+        summary = judge(generator, out)
+        print(json.dumps({"generator": args.generator, "family": generator.family, **summary}))
+        return
+
+    started = time.perf_counter()
+    urls = training_data(args.events, Path(args.data))
+    data = TrainingData(urls)
+    data_seconds = time.perf_counter() - started
+    rate = step_rate(args.family, data, args.seed)
+    steps_per_epoch = max(1, math.floor(args.minutes * 60 * rate / EPOCHS))
+    config = family_config(args.family, steps_per_epoch, args.seed)
+    print(
+        f"{args.family}: {data.n_events()} training showers ({data_seconds:.0f} s to simulate and preprocess), "
+        f"{rate:.2f} steps/s measured: {EPOCHS} epochs of {steps_per_epoch} steps of {config.batch_size} "
+        f"for {args.minutes:g} min on {threads} threads",
+        flush=True,
+    )
+    checkpoint = out / "checkpoint"
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    started = time.perf_counter()
+    result = train(
+        data,
+        config,
+        str(checkpoint),
+        get_geometry(GEOMETRY),
+        callbacks=[lambda r: print(f"  epoch {r.epoch + 1}/{r.epochs}: {r.seconds:.0f} s", flush=True)],
+    )
+    train_seconds = time.perf_counter() - started
+    samples_per_s = EPOCHS * steps_per_epoch * config.batch_size / train_seconds
+    generator = result.generator
+    save_generator(generator, str(out / "generator.pt"))
+    summary = judge(generator, out)
+    print(
+        f"training: {samples_per_s:.0f} samples/s ({train_seconds / 60:.1f} min, {EPOCHS * steps_per_epoch} steps of "
+        f"{config.batch_size}); generation: {summary['generation_showers_per_s']:.0f} showers/s"
+    )
+    print(
+        json.dumps(
+            {
+                "family": args.family,
+                "minutes": args.minutes,
+                "train_minutes": train_seconds / 60,
+                "steps": EPOCHS * steps_per_epoch,
+                "batch_size": config.batch_size,
+                "training_events": data.n_events(),
+                "threads": threads,
+                "train_samples_per_s": samples_per_s,
+                **summary,
+            }
+        )
+    )
+
+
+def judge(generator, out: Path) -> dict:
+    """The default validation of ``generator`` against an independent MC reference; the report in ``out``,
+    the tables printed, the numbers returned."""
+    cfg = ValidationConfig()
+    grid = cfg.conditions_grid()
+    reference = simulate_grid(grid, 2 * cfg.events_per_cell, GEOMETRY, "e-", REFERENCE_SEED)
+    started = time.perf_counter()
+    candidate = generate_grid(generator, grid, cfg.events_per_cell, "e-", GENERATION_SEED)
+    showers_per_s = candidate.sizes["event"] / (time.perf_counter() - started)
+    validation = validate(reference, candidate, cfg)
+    validation.to_json(out / "result.json")
+    write_html(validation, out / "report.html")
+
+    print(f"\n{'metric':<16} {'value':>10} {'95% CI':>22} {'MC-vs-MC floor':>15} {'threshold':>10}")
+    for name in ("classifier_auc", "fpd", "kpd", "coverage"):
+        m = validation.metrics[name]
+        ci = f"[{m.ci[0]:.4g}, {m.ci[1]:.4g}]"
+        threshold = "-" if m.threshold is None else f"{m.threshold:g}"
+        print(f"{name:<16} {m.value:>10.4g} {ci:>22} {m.baseline:>15.4g} {threshold:>10}")
+    print(f"\n{'cell':<12} {'E_sum/E_p error':>16} {'occupancy error':>16} {'passed':>7}")
+    cells = {}
+    for cell in validation.cells:
+        e = validation.metrics[f"{cell.id}/e_ratio/mean_error"].value
+        o = validation.metrics[f"{cell.id}/occupancy/mean_error"].value
+        cells[cell.id] = {"e_ratio_error": e, "occupancy_error": o, "passed": cell.passed}
+        print(f"{cell.id:<12} {e:>+16.4f} {o:>+16.4f} {'yes' if cell.passed else 'no':>7}")
+    within = {k: sum(abs(c[f"{k}_error"]) <= bound for c in cells.values()) for k, bound in (("e_ratio", 0.02),)}
+    print(
+        f"\nE_sum/E_p within 2% in {within['e_ratio']}/{len(cells)} cells; within 5% in "
+        f"{sum(abs(c['e_ratio_error']) <= 0.05 for c in cells.values())}/{len(cells)}; occupancy within 20% in "
+        f"{sum(abs(c['occupancy_error']) <= 0.2 for c in cells.values())}/{len(cells)}"
+    )
+    print(f"{validation.summary()}")
+    print(f"wrote {out / 'report.html'}")
+    return {
+        "generation_showers_per_s": showers_per_s,
+        "passed": validation.passed,
+        **{
+            name: {"value": validation.metrics[name].value, "floor": validation.metrics[name].baseline}
+            for name in ("classifier_auc", "fpd", "kpd", "coverage")
+        },
+        "cells": cells,
+        "max_abs_e_ratio_error": float(np.max([abs(c["e_ratio_error"]) for c in cells.values()])),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,513 @@
+"""The conditional flow-matching generator (CaloDREAM-style, two stages), in PyTorch only.
+
+Stage 1, the shower's summary: a flow over ``1 + 6 n_layers`` numbers given the conditions
+(log E_p/100 GeV, theta - pi/2): log(E_vis / E_p), and per layer the log energy fraction, the square
+root of the number of cells above threshold, the transverse barycentre (x, y) and the log width
+(x, y), in cell units. Stage 2, the shapes: a flow over the log energies of one layer's cells (a row
+of n_x * n_y), the same field for every layer, given the conditions, log(E_vis / E_p), the layer
+(one-hot) and the layer's stage-1 numbers. (``stage2_per_layer=False`` models all cells at once,
+given the whole summary; on the small preset it learned less per CPU-minute: ``bench/fidelity.py``.)
+
+Each stage is a velocity field ``v(x_t, t | c)`` (a residual MLP) trained by conditional flow
+matching on straight paths ``x_t = (1 - t) x_0 + t x_1`` from standard normal noise ``x_0`` to the
+standardised data ``x_1``, with target ``x_1 - x_0`` (Lipman et al. 2023; Liu et al. 2023).
+
+Sampling solves both ODEs from ``t = 0`` to ``1`` with a fixed number of midpoint steps, stage 1
+first, then assembles the showers (:meth:`FlowGenerator.assemble`):
+
+1. in each layer the cells stage 2 ranks highest are kept, as many as stage 1 asked for;
+2. their energies follow stage 2's log energies measured from the lowest kept one, which gets the
+   threshold: ``thr x exp(k (x - x_n))``, with ``k`` such that the layer carries exactly stage 1's
+   energy;
+3. the energy above the thresholds is re-weighted by an exponential tilt in x, y, x^2, y^2 so that
+   the layer's barycentre and width become stage 1's (where the kept cells allow it);
+4. every other cell is 0.
+
+So layer energies and occupancies are exactly stage 1's, and the transverse moments nearly so.
+
+Discrete parts of the data are made continuous (dequantised) for the flows: an empty cell's log
+energy is drawn uniformly in a band a gap below the log threshold (``zero_gap``, ``zero_width``), an
+empty layer's energy becomes ``threshold x u`` (``u`` uniform in (0, 1)), both below anything real;
+an occupancy count ``n`` becomes ``sqrt(n + u)``; an empty layer's barycentre a little noise around
+0 and a width ``w`` is stored as ``log(w + 0.02 (1 + u))``.
+
+Every tensor operation here is traceable, so the whole sampler (both unrolled ODE solves and the
+assembly) exports to ONNX and TorchScript (:mod:`dt_assets.model.export`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..physics.geometry import Geometry
+
+#: the family name recorded in specs, registry tags and reproducibility records
+FAMILY = "flow"
+#: the data's cell threshold (MeV): the preprocessing's 1e-4 GeV
+THRESHOLD_MEV = 0.1
+ENERGY_SCALE_GEV = 100.0
+#: a layer's width is stored as log(width + floor x (1 + u)) (cell units), so one-cell layers are no spike
+WIDTH_FLOOR = 0.02
+#: per-layer numbers of stage 1 besides the moments: the log fraction and sqrt(occupancy); with the moments,
+#: 3 x this (barycentre x, y and log width x, y)
+LAYER_STATS = 2
+#: the largest linear and quadratic coefficients of the moment tilt (per standardised width)
+TILT_BOUNDS = (5.0, 2.5)
+
+
+@dataclass(frozen=True)
+class FlowArchitecture:
+    """The layer sizes of both velocity fields and the sampler's steps."""
+
+    grid: tuple[int, int, int]
+    stage1_hidden: int = 256
+    stage1_blocks: int = 3
+    stage2_hidden: int = 512
+    stage2_blocks: int = 3
+    time_features: int = 16
+    stage1_steps: int = 32
+    stage2_steps: int = 16
+    threshold_mev: float = THRESHOLD_MEV
+    #: an empty cell's log energy lies uniformly in [log(threshold) - gap - width, log(threshold) - gap]
+    zero_gap: float = 2.3
+    zero_width: float = 1.0
+    #: stage 1 also learns each layer's transverse barycentre and width, stage 2 is conditioned on them and
+    #: the assembled layers are tilted to stage 1's barycentres and widths
+    moments: bool = True
+    #: stage 2 models each layer's cells (one row of x*y cells per layer, the same field for every layer, given the
+    #: layer's index and stage-1 numbers) instead of all cells at once
+    stage2_per_layer: bool = True
+    #: Newton iterations of the moment tilt at assembly
+    tilt_iterations: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("stage1_hidden", "stage1_blocks", "stage2_hidden", "stage2_blocks", "time_features"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"flow architecture: {name} must be a positive integer, got {value!r}")
+        for name in ("stage1_steps", "stage2_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"flow architecture: {name} must be a positive integer, got {value!r}")
+        if not self.threshold_mev > 0:
+            raise ValueError(f"flow architecture: threshold_mev must be positive, got {self.threshold_mev!r}")
+
+    @property
+    def n_layers(self) -> int:
+        return self.grid[2]
+
+    @property
+    def n_cells(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def stage1_size(self) -> int:
+        """log(E_vis/E_p), per layer a log fraction and sqrt(occupancy), and (``moments``) per layer the
+        barycentre and the log width in x and y."""
+        return 1 + (6 if self.moments else 2) * self.n_layers
+
+    @property
+    def noise_size(self) -> int:
+        """Standard normal inputs of one shower: the start of both ODEs."""
+        return self.stage1_size + self.n_cells
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FlowArchitecture:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"flow architecture: unknown key(s) {unknown}")
+        return cls(**{**d, "grid": tuple(d["grid"])})
+
+
+def flow_architecture_for(geometry: Geometry, **sizes) -> FlowArchitecture:
+    """The default sizes for a geometry's grid; keyword arguments override them."""
+    return FlowArchitecture(grid=geometry.shape, **sizes)
+
+
+class VelocityField(nn.Module):
+    """v(x_t, t | c): a residual MLP (pre-norm blocks, SiLU) with sinusoidal time features; the output
+    layer starts at zero, so an untrained field moves nothing."""
+
+    def __init__(self, size: int, condition_size: int, hidden: int, blocks: int, time_features: int):
+        super().__init__()
+        self.register_buffer(
+            "frequencies", torch.exp(torch.linspace(0.0, math.log(1000.0), time_features // 2 or 1)), persistent=False
+        )
+        n_time = 2 * len(self.frequencies)
+        self.inp = nn.Linear(size + condition_size + n_time, hidden)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+            for _ in range(blocks)
+        )
+        self.norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, size)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        angles = t[:, None] * self.frequencies[None, :]
+        h = self.inp(torch.cat([x, condition, torch.sin(angles), torch.cos(angles)], dim=1))
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(nn.functional.silu(self.norm(h)))
+
+
+def midpoint_solve(field: VelocityField, x: torch.Tensor, condition: torch.Tensor, steps: int) -> torch.Tensor:
+    """x at t = 1 from x at t = 0 by ``steps`` explicit midpoint steps (a fixed graph: exports unrolled)."""
+    h = 1.0 / steps
+    for i in range(steps):
+        t = torch.full((x.shape[0],), i * h, dtype=x.dtype, device=x.device)
+        half = x + 0.5 * h * field(x, t, condition)
+        x = x + h * field(half, t + 0.5 * h, condition)
+    return x
+
+
+@dataclass
+class Observed:
+    """Showers as the stages see them, before dequantisation: conditions, log(E_vis/E_p), layer energies and
+    occupancies, which cells are hit and their log energies, and (``moments``) each layer's barycentre and width."""
+
+    conditions: torch.Tensor  # (B, 2)
+    log_response: torch.Tensor  # (B, 1)
+    layer: torch.Tensor  # (B, z), MeV
+    count: torch.Tensor  # (B, z)
+    hit: torch.Tensor  # (B, x*y, z), bool
+    log_cells: torch.Tensor  # (B, x*y, z), log MeV where hit
+    mean: torch.Tensor | None = None  # (B, 2, z), cell units
+    width: torch.Tensor | None = None  # (B, 2, z), cell units
+
+
+@dataclass
+class ShowerSummary:
+    """What the two stages learn from a batch of showers (all float32 tensors)."""
+
+    conditions: torch.Tensor  # (B, 2): log(E_p / 100 GeV), theta - pi/2
+    stage1: torch.Tensor  # (B, 1 + 2 n_layers), not standardised
+    cells: torch.Tensor  # (B, n_cells): log of the dequantised cell energies (MeV), not standardised
+
+
+class FlowGenerator(nn.Module):
+    """Two conditional flows and the standardisation of their inputs; see the module docstring.
+
+    ``sample(noise, energy_gev, theta_rad)`` is deterministic given the noise (``noise_size`` standard
+    normals per shower) and returns deposits in MeV, shape ``(B, x, y, z)``.
+    """
+
+    family = FAMILY
+
+    def __init__(self, geometry: Geometry, arch: FlowArchitecture | None = None):
+        super().__init__()
+        self.geometry = geometry
+        self.arch = arch or flow_architecture_for(geometry)
+        if tuple(self.arch.grid) != geometry.shape:
+            raise ValueError(f"flow architecture grid {self.arch.grid} is not the geometry's {geometry.shape}")
+        a = self.arch
+        self.stage1 = VelocityField(a.stage1_size, 2, a.stage1_hidden, a.stage1_blocks, a.time_features)
+        if a.stage2_per_layer:  # a row of a layer's cells, given the conditions, the layer and its stage-1 numbers
+            size, condition = a.n_cells // a.n_layers, 2 + a.n_layers + 1 + LAYER_STATS * (3 if a.moments else 1)
+        else:
+            size, condition = a.n_cells, 2 + a.stage1_size
+        self.stage2 = VelocityField(size, condition, a.stage2_hidden, a.stage2_blocks, a.time_features)
+        # standardisation of both stages' data: fitted on training data by fit_standardisation; until then a
+        # guess from the geometry (the response its sampling fraction gives, even layers, a few hits each)
+        n_z = a.n_layers
+        mean = torch.zeros(a.stage1_size)
+        mean[0] = math.log(1000.0 * geometry.sampling_fraction)  # MeV visible per GeV
+        mean[1 : 1 + n_z] = -math.log(n_z)
+        mean[1 + n_z : 1 + 2 * n_z] = math.sqrt(10.0)
+        std = torch.ones(a.stage1_size)
+        std[0] = 0.1
+        self.register_buffer("stage1_mean", mean)
+        self.register_buffer("stage1_std", std)
+        self.register_buffer("cells_mean", torch.full((a.n_cells,), math.log(a.threshold_mev) - a.zero_gap))
+        self.register_buffer("cells_std", torch.ones(a.n_cells))
+        # transverse cell coordinates within a layer (cell units from the grid's centre), in reshape order
+        n_x, n_y = a.grid[0], a.grid[1]
+        x = torch.arange(n_x, dtype=torch.float32).repeat_interleave(n_y) - (n_x - 1) / 2
+        y = torch.arange(n_y, dtype=torch.float32).repeat(n_x) - (n_y - 1) / 2
+        self.register_buffer("cell_xy", torch.stack([x, y], dim=1), persistent=False)  # (x*y, 2)
+
+    def spec(self) -> dict:
+        return {"family": self.family, "geometry": self.geometry.to_dict(), "architecture": self.arch.to_dict()}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> FlowGenerator:
+        if spec.get("family") != FAMILY:
+            raise ValueError(f"not a flow generator spec (family {spec.get('family')!r})")
+        return cls(Geometry.from_dict(spec["geometry"]), FlowArchitecture.from_dict(spec["architecture"]))
+
+    # --- the data side -------------------------------------------------------------------------
+    def summarise(
+        self,
+        deposits_mev: torch.Tensor,
+        energy_gev: torch.Tensor,
+        theta_rad: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> ShowerSummary:
+        """Conditions, stage-1 summary and log cell energies of showers (dequantised with ``generator``)."""
+        return self.dequantise(self.observe(deposits_mev, energy_gev, theta_rad), generator)
+
+    def observe(self, deposits_mev: torch.Tensor, energy_gev: torch.Tensor, theta_rad: torch.Tensor) -> Observed:
+        """What the stages learn of showers, before dequantisation (computed once per batch)."""
+        a = self.arch
+        thr = a.threshold_mev
+        cells = deposits_mev.reshape(len(deposits_mev), -1, a.n_layers).float()  # (B, x*y, z)
+        hit = cells >= thr
+        cells = torch.where(hit, cells, torch.zeros_like(cells))
+        layer = cells.sum(dim=1)  # (B, z)
+        observed = Observed(
+            conditions=self.conditions(energy_gev, theta_rad),
+            log_response=torch.log(layer.sum(dim=1, keepdim=True) / energy_gev[:, None].float()),
+            layer=layer,
+            count=hit.sum(dim=1).float(),
+            hit=hit,
+            log_cells=torch.log(cells.clamp_min(thr)),
+        )
+        if a.moments:
+            weight = cells / layer[:, None, :].clamp_min(1e-12)  # (B, x*y, z), 0 in empty layers
+            xy = self.cell_xy[None, :, :, None]  # (1, x*y, 2, 1)
+            observed.mean = (weight[:, :, None, :] * xy).sum(dim=1)  # (B, 2, z)
+            centred = xy - observed.mean[:, None]
+            observed.width = (weight[:, :, None, :] * centred**2).sum(dim=1).clamp_min(0).sqrt()
+        return observed
+
+    def dequantise(self, observed: Observed, generator: torch.Generator | None = None) -> ShowerSummary:
+        """The summary of observed showers with fresh dequantisation noise (see the module docstring)."""
+        return ShowerSummary(
+            observed.conditions, self.stage1_data(observed, generator), self.cell_data(observed, generator)
+        )
+
+    def stage1_data(self, observed: Observed, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Stage 1's data (not standardised), dequantised with ``generator``."""
+        thr = self.arch.threshold_mev
+        layer, count = observed.layer, observed.count
+        u = torch.rand((*layer.shape, 2), generator=generator, device=layer.device)
+        layer = torch.where(layer > 0, layer, thr * u[..., 0].clamp_min(1e-6))
+        total = layer.sum(dim=1, keepdim=True)
+        parts = [observed.log_response, torch.log(layer / total), torch.sqrt(count + u[..., 1])]
+        if self.arch.moments:
+            jitter = torch.rand(observed.mean.shape, generator=generator, device=layer.device)
+            empty = (count == 0)[:, None, :]
+            mean = torch.where(empty, 0.2 * (jitter - 0.5), observed.mean)  # empty layers: a little noise around 0
+            width = torch.log(observed.width + WIDTH_FLOOR * (1 + jitter))
+            parts += [mean.flatten(1), width.flatten(1)]
+        return torch.cat(parts, dim=1)
+
+    def cell_data(self, observed: Observed, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Stage 2's data (not standardised): the log cell energies, empty cells drawn in their band."""
+        a = self.arch
+        band = torch.rand(observed.hit.shape, generator=generator, device=observed.hit.device)
+        fill = math.log(a.threshold_mev) - a.zero_gap - a.zero_width * band
+        return torch.where(observed.hit, observed.log_cells, fill).reshape(len(fill), -1)
+
+    def conditions(self, energy_gev: torch.Tensor, theta_rad: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.log(energy_gev.float() / ENERGY_SCALE_GEV), theta_rad.float() - math.pi / 2], dim=1)
+
+    @torch.no_grad()
+    def fit_standardisation(self, summary: ShowerSummary) -> None:
+        """Set the standardisation (per variable, per cell) from a (large) summary of training showers."""
+        for name, values in (("stage1", summary.stage1), ("cells", summary.cells)):
+            getattr(self, f"{name}_mean").copy_(values.mean(dim=0))
+            getattr(self, f"{name}_std").copy_(values.std(dim=0).clamp_min(1e-3))
+
+    def standardised_stage1(self, stage1: torch.Tensor) -> torch.Tensor:
+        return (stage1 - self.stage1_mean) / self.stage1_std
+
+    def targets(self, summary: ShowerSummary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(stage-1 data, stage-2 data, stage-2 condition), standardised, the stage-2 ones as its field takes
+        them (one row per layer with ``stage2_per_layer``)."""
+        stage1 = self.standardised_stage1(summary.stage1)
+        cells = (summary.cells - self.cells_mean) / self.cells_std
+        return stage1, self.stage2_rows(cells), self.stage2_condition(summary.conditions, stage1)
+
+    def stage2_rows(self, cells: torch.Tensor) -> torch.Tensor:
+        """(B, n_cells) cells as stage 2's field takes them: (B * n_layers, x*y) per layer, or unchanged.
+        Every reshape here and below leaves the batch axis to -1, so an export keeps it dynamic."""
+        if not self.arch.stage2_per_layer:
+            return cells
+        n_z = self.arch.n_layers
+        per_layer = self.arch.n_cells // n_z
+        return cells.reshape(-1, per_layer, n_z).transpose(1, 2).reshape(-1, per_layer)
+
+    def stage2_cells(self, rows: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`stage2_rows`: (B, n_cells)."""
+        if not self.arch.stage2_per_layer:
+            return rows
+        n_z = self.arch.n_layers
+        return rows.reshape(-1, n_z, self.arch.n_cells // n_z).transpose(1, 2).reshape(-1, self.arch.n_cells)
+
+    def stage2_condition(self, conditions: torch.Tensor, stage1: torch.Tensor) -> torch.Tensor:
+        """Stage 2's condition: [conditions, standardised stage 1] per shower, or per layer row the conditions,
+        the layer (one-hot), log(E_vis/E_p) and the layer's stage-1 numbers (fraction, occupancy, moments)."""
+        if not self.arch.stage2_per_layer:
+            return torch.cat([conditions, stage1], dim=1)
+        n_z = self.arch.n_layers
+        n_stats = (stage1.shape[1] - 1) // n_z
+        per_layer = stage1[:, 1:].reshape(-1, n_stats, n_z).transpose(1, 2)  # (B, z, stats)
+        rows = torch.zeros_like(per_layer[:, :, :1])  # (B, z, 1): broadcasts the rest along the batch
+        layer = torch.eye(n_z, device=stage1.device, dtype=stage1.dtype)[None] + rows
+        shower = torch.cat([conditions, stage1[:, :1]], dim=1)[:, None, :] + rows
+        return torch.cat([shower, layer, per_layer], dim=2).reshape(-1, shower.shape[2] + n_z + n_stats)
+
+    def loss(
+        self, summary: ShowerSummary, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Conditional flow-matching loss of both stages (stage 2 given the true stage-1 summary)."""
+        stage1, cells, condition2 = self.targets(summary)
+        terms = {
+            "stage1": flow_matching_loss(self.stage1, stage1, summary.conditions, generator),
+            "stage2": flow_matching_loss(self.stage2, cells, condition2, generator),
+        }
+        return terms["stage1"] + terms["stage2"], terms
+
+    # --- the generator side --------------------------------------------------------------------
+    @property
+    def noise_size(self) -> int:
+        return self.arch.noise_size
+
+    def sample(self, noise: torch.Tensor, energy_gev: torch.Tensor, theta_rad: torch.Tensor) -> torch.Tensor:
+        """Deposits (B, x, y, z) in MeV from standard normal ``noise`` (B, noise_size) and the conditions."""
+        a = self.arch
+        conditions = self.conditions(energy_gev, theta_rad)
+        z1, z2 = noise[:, : a.stage1_size], noise[:, a.stage1_size :]
+        stage1 = midpoint_solve(self.stage1, z1, conditions, a.stage1_steps)
+        rows = midpoint_solve(
+            self.stage2, self.stage2_rows(z2), self.stage2_condition(conditions, stage1), a.stage2_steps
+        )
+        log_cells = self.stage2_cells(rows)
+        return self.assemble(
+            stage1 * self.stage1_std + self.stage1_mean, log_cells * self.cells_std + self.cells_mean, energy_gev
+        )
+
+    def assemble(self, stage1: torch.Tensor, log_cells: torch.Tensor, energy_gev: torch.Tensor) -> torch.Tensor:
+        """Showers whose layer energies and occupancies are stage 1's, with stage 2's cells ranked in each layer."""
+        a = self.arch
+        n_z, thr = a.n_layers, a.threshold_mev
+        per_layer = a.n_cells // n_z
+        total = torch.exp(stage1[:, :1]) * energy_gev[:, None].float()
+        fractions = torch.softmax(stage1[:, 1 : 1 + n_z], dim=1)  # exp(log fraction), renormalised
+        layer_energy = total * fractions  # (B, z)
+        count = torch.floor(stage1[:, 1 + n_z : 1 + 2 * n_z].clamp_min(0) ** 2).clamp(0, per_layer)  # (B, z)
+        # no more cells than the layer's energy can hold at the threshold: every kept cell is visible
+        count = torch.minimum(count, torch.floor(layer_energy / thr * (1 + 1e-6)))
+        cells = log_cells.reshape(-1, per_layer, n_z)  # (B, x*y, z)
+        # rank of each cell within its layer (0 = highest): keep the first `count`
+        order = torch.argsort(cells, dim=1, descending=True)
+        rank = torch.argsort(order, dim=1).float()
+        keep = rank < count[:, None, :]
+        n_kept = keep.sum(dim=1, keepdim=True).float()
+        spare = layer_energy[:, None, :] - thr * n_kept
+        # the kept cells' energies: thr x exp(k (x - x_n)), x_n the lowest kept log energy (that cell gets the
+        # threshold), k such that the layer sums to stage 1's energy; each cell's share of the energy above the
+        # thresholds follows
+        lowest = torch.gather(torch.gather(cells, 1, order), 1, (count[:, None, :] - 1).clamp_min(0).long())
+        above = torch.where(keep, cells - lowest, torch.zeros_like(cells))  # >= 0 where kept
+        spread = _exponent_for_sum(above, keep, (spare / thr).clamp_min(0))
+        excess = torch.where(keep, torch.exp(spread * above) - 1, torch.zeros_like(cells))
+        excess_sum = excess.sum(dim=1, keepdim=True)
+        share = torch.where(excess_sum > 0, excess / excess_sum.clamp_min(1e-12), keep.float() / n_kept.clamp_min(1))
+        if a.moments:
+            mean = stage1[:, 1 + 2 * n_z : 1 + 4 * n_z].reshape(-1, 2, n_z)  # (B, 2, z) barycentres
+            width = (
+                (torch.exp(stage1[:, 1 + 4 * n_z : 1 + 6 * n_z]) - 1.5 * WIDTH_FLOOR).clamp_min(0).reshape(-1, 2, n_z)
+            )
+            share = self.tilt(share, keep, layer_energy, spare, n_kept, mean, width)
+        energy = thr + spare.clamp_min(0) * share
+        energy = torch.where(keep, energy, torch.zeros_like(energy))
+        return energy.reshape(-1, *a.grid)
+
+    def tilt(
+        self,
+        share: torch.Tensor,
+        keep: torch.Tensor,
+        layer_energy: torch.Tensor,
+        spare: torch.Tensor,
+        n_kept: torch.Tensor,
+        mean: torch.Tensor,
+        width: torch.Tensor,
+    ) -> torch.Tensor:
+        """Shares of the spare energy re-weighted per layer by exp(a_x v_x + b_x v_x^2 + a_y v_y + b_y v_y^2), with
+        v the cell coordinates standardised by the shares' own barycentre and width, the four found by Newton's
+        method (each axis a 2 x 2 system) so that the layer's barycentre and width become stage 1's ``mean`` and
+        ``width`` (B, 2, z; cell units). The tilt is bounded; a layer takes it in full where it brings the layer
+        closer to the target by a tenth or more, in part where by less, and keeps its shares where it would not
+        bring it closer, where it has fewer than two kept cells, or no spare energy."""
+        thr = self.arch.threshold_mev
+        u = self.cell_xy.to(share.dtype)[None, :, :, None]  # (1, x*y, 2 axes, 1)
+        kept = (keep[:, :, None, None, :] * torch.stack([u, u**2], dim=3)).sum(dim=1)  # (B, 2, 2, z)
+        # the raw moments the spare part must have for the whole layer to have the target's
+        target = torch.stack([mean, width**2 + mean**2], dim=2)  # (B, 2 axes, 2, z)
+        raw = (layer_energy[:, None, None, :] * target - thr * kept) / spare.clamp_min(1e-12)[:, :, None, :]
+        # the coordinates standardised by the shares' own moments: a well-conditioned tilt
+        p0 = share[:, :, None, :]  # (B, x*y, 1, z)
+        mu = (p0 * u).sum(dim=1)  # (B, 2, z)
+        sigma = ((p0 * (u - mu[:, None]) ** 2).sum(dim=1)).sqrt().clamp_min(0.3)
+        v = (u - mu[:, None]) / sigma[:, None]  # (B, x*y, 2, z)
+        stats = torch.stack([v, v**2], dim=3)  # (B, x*y, 2, 2, z)
+        m1, m2 = raw[:, :, 0], raw[:, :, 1]
+        g1 = (m1 - mu) / sigma
+        g2 = (m2 - 2 * mu * m1 + mu**2) / sigma**2
+        goal = torch.stack([g1, torch.maximum(g2, g1 * g1 + 1e-3)], dim=2)  # (B, 2, 2, z)
+        base = torch.where(keep, torch.log(share.clamp_min(1e-30)), torch.full_like(share, -1e30))
+        theta = torch.zeros_like(goal)
+        bound = torch.tensor(TILT_BOUNDS, device=share.device, dtype=share.dtype)[None, None, :, None]
+        for _ in range(self.arch.tilt_iterations):
+            p = torch.softmax(base + (theta[:, None] * stats).sum(dim=(2, 3)), dim=1)[:, :, None, None, :]
+            expected = (p * stats).sum(dim=1)  # (B, 2, 2, z)
+            d = stats - expected[:, None]  # (B, x*y, 2, 2, z)
+            q = p[:, :, :, 0]  # (B, x*y, 1, z)
+            c11 = (q * d[:, :, :, 0] ** 2).sum(dim=1) + 0.05  # (B, 2, z); damped (Levenberg-Marquardt)
+            c22 = (q * d[:, :, :, 1] ** 2).sum(dim=1) + 0.05
+            c12 = (q * d[:, :, :, 0] * d[:, :, :, 1]).sum(dim=1)
+            r1, r2 = goal[:, :, 0] - expected[:, :, 0], goal[:, :, 1] - expected[:, :, 1]
+            det = (c11 * c22 - c12 * c12).clamp_min(1e-9)
+            step = torch.stack([(c22 * r1 - c12 * r2) / det, (c11 * r2 - c12 * r1) / det], dim=2)
+            theta = torch.maximum(torch.minimum(theta + step.clamp(-0.5, 0.5), bound), -bound)
+        tilted = torch.softmax(base + (theta[:, None] * stats).sum(dim=(2, 3)), dim=1)
+
+        def miss(q: torch.Tensor) -> torch.Tensor:  # distance of the standardised moments from the goal
+            got = (q[:, :, None, None, :] * stats).sum(dim=1)
+            return (got - goal).abs().sum(dim=(1, 2))[:, None, :]  # (B, 1, z)
+
+        # how much of the tilt to take: all of it where it cuts the miss by a tenth or more, none where it does not
+        # cut it, in between linearly (continuous, so that an exported graph's rounding cannot flip the choice)
+        before = miss(share)
+        weight = ((before - miss(tilted)) / (0.1 * before + 1e-6)).clamp(0.0, 1.0)
+        weight = torch.where((n_kept >= 2) & (spare > 0), weight, torch.zeros_like(weight))  # (B, 1, z)
+        return share + weight * (torch.where(keep, tilted, torch.zeros_like(tilted)) - share)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """``[E_p / 100 GeV, theta, noise]`` (B, 2 + noise_size) to deposits in MeV (the MLflow model's signature)."""
+        return self.sample(latent[:, 2:], latent[:, 0] * ENERGY_SCALE_GEV, latent[:, 1])
+
+
+def _exponent_for_sum(
+    above: torch.Tensor, keep: torch.Tensor, target: torch.Tensor, iterations: int = 12
+) -> torch.Tensor:
+    """k >= 0 per layer with sum over kept cells of (exp(k a) - 1) = target (B, 1, z), by Newton's method from
+    k = 1 (the sum is convex and increasing in k); bounded to [0, 10]."""
+    k = torch.ones_like(target)
+    for _ in range(iterations):
+        e = torch.where(keep, torch.exp(k * above), torch.ones_like(above))
+        value = (e - 1).sum(dim=1, keepdim=True) - target
+        slope = (above * e).sum(dim=1, keepdim=True).clamp_min(1e-9)
+        k = (k - value / slope).clamp(0.0, 10.0)
+    return k
+
+
+def flow_matching_loss(
+    field: nn.Module, x1: torch.Tensor, condition: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Mean squared error of ``field`` against the straight path's velocity ``x1 - x0`` at a uniform time t."""
+    x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
+    t = torch.rand((len(x1),), generator=generator, device=x1.device)
+    xt = x0 + t[:, None] * (x1 - x0)
+    return (field(xt, t, condition) - (x1 - x0)).pow(2).mean()

@@ -1,0 +1,272 @@
+"""The flow-matching family: it learns (fidelity improves over an untrained model and follows the conditions), its
+showers hold what stage 1 asked for, it trains under the shared loop (resume, warm start, DDP) and its files are
+checked."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMALL, torchrun_training
+from dt_assets import build_generator, generate, get_geometry, load_generator, simulate, simulate_blocks
+from dt_assets.model.flow import FlowGenerator, flow_architecture_for
+from dt_assets.model.flow_training import FlowRecipe, FlowTrainConfig, batch_deposits, learning_rate
+from dt_assets.model.generation import save_generator
+from dt_assets.model.preprocess import preprocess_blocks
+from dt_assets.model.stream import TrainingData
+from dt_assets.model.train import TrainConfig, train
+from dt_assets.showers.store import write_blocks
+from dt_assets.validation.config import ValidationConfig
+from dt_assets.validation.samples import generate_grid, simulate_grid
+from dt_assets.validation.validate import validate
+
+GEOMETRY = get_geometry(SMALL)
+#: a small flow that learns within CI's budget: 12 epochs of the 6000 showers (about 280 steps of 256), 50 s
+SMALL_FLOW = {"stage1_hidden": 128, "stage2_hidden": 256, "stage2_blocks": 2, "stage2_steps": 8, "stage1_steps": 16}
+LEARNING = FlowTrainConfig(
+    epochs=12,
+    batch_size=256,
+    standardisation_events=4000,
+    validation_batches=2,
+    warmup_steps=20,
+    **SMALL_FLOW,
+)
+#: a light validation: three energies at 90 degrees, 300 events a cell, a small classifier
+LIGHT = ValidationConfig.from_dict(
+    {
+        "grid": {"energies_gev": [20.0, 60.0, 100.0], "angles_deg": [90.0], "energy_range_gev": [10.0, 110.0]},
+        "events_per_cell": 300,
+        "min_events_per_cell": 100,
+        "bootstrap": 2,
+        "classifier": {"hidden": 64, "epochs": 5, "lr": 1e-3, "batch_size": 256},
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """6000 preprocessed electrons, 10-110 GeV, 60-120 deg, small preset."""
+    url = str(tmp_path_factory.mktemp("flow") / "pre.zarr")
+    blocks = simulate_blocks(6000, (10.0, 110.0), (60.0, 120.0), geometry=SMALL, seed=21)
+    write_blocks(preprocess_blocks(blocks, "mc-flow-21"), url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory):
+    torch.manual_seed(0)
+    return train(TrainingData([store]), LEARNING, str(tmp_path_factory.mktemp("flow-ckpt")), GEOMETRY)
+
+
+@pytest.fixture(scope="module")
+def untrained(store) -> FlowGenerator:
+    """The model a training starts from: its standardisation fitted, its velocity fields at zero."""
+    recipe = FlowRecipe(LEARNING, GEOMETRY, TrainingData([store]), torch.device("cpu"), 10, seed=0)
+    recipe.start_fresh()
+    return recipe.generator.eval()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return simulate_grid(LIGHT.conditions_grid(), 2 * LIGHT.events_per_cell, SMALL, seed=1_000_000)
+
+
+def e_ratio_errors(result, kind: str = "mean") -> np.ndarray:
+    return np.array([abs(result.metrics[f"{c.id}/e_ratio/{kind}_error"].value) for c in result.cells])
+
+
+def test_training_beats_the_untrained_model_on_esum_and_fpd(trained, reference):
+    # the model as build_generator makes it: the geometry's standardisation, velocity fields at zero
+    untrained = FlowGenerator(GEOMETRY, flow_architecture_for(GEOMETRY, **SMALL_FLOW)).eval()
+    before = validate(reference, generate_grid(untrained, LIGHT.conditions_grid(), 300, seed=2), LIGHT)
+    after = validate(reference, generate_grid(trained.generator, LIGHT.conditions_grid(), 300, seed=2), LIGHT)
+    # E_sum/E_p: the spread was several times MC's, the mean already near it (the geometry's sampling fraction)
+    assert e_ratio_errors(after, "width").max() < e_ratio_errors(before, "width").min() / 4, (
+        before.summary(),
+        after.summary(),
+    )
+    assert e_ratio_errors(after).max() < 0.02
+    assert after.metrics["fpd"].value < before.metrics["fpd"].value / 3
+    occupancy = [abs(after.metrics[f"{c.id}/occupancy/mean_error"].value) for c in after.cells]
+    assert max(occupancy) < 0.1
+
+
+def mean_layer(showers) -> float:
+    """The energy-weighted mean layer of all showers together."""
+    profile = showers.energy_deposit.sum(("event", "x", "y")).values
+    return float((profile * np.arange(len(profile))).sum() / profile.sum())
+
+
+def test_generated_energy_and_depth_follow_the_conditions(trained):
+    low, high = (generate(trained.generator, 300, e, 90.0, seed=5) for e in (20.0, 100.0))
+    ratio = float(high.energy_deposit.sum(("x", "y", "z")).mean() / low.energy_deposit.sum(("x", "y", "z")).mean())
+    assert 4.0 < ratio < 6.0  # MC: 5.0 (E_sum/E_p is nearly flat)
+    assert mean_layer(high) > mean_layer(low) + 0.3  # the shower goes deeper with energy (about ln E)
+    tilted = generate(trained.generator, 300, 60.0, 70.0, seed=6).energy_deposit
+    x = np.arange(GEOMETRY.n_x) - (GEOMETRY.n_x - 1) / 2
+    profile = tilted.sum(("event", "y")).values  # (x, z)
+    slope = np.polyfit(np.arange(GEOMETRY.n_layers), (profile * x[:, None]).sum(0) / profile.sum(0), 1)[0]
+    assert slope > 0.1  # at 70 degrees the shower drifts in x with depth (MC: ~0.3 cells per layer)
+
+
+def test_showers_carry_stage_one_energies_and_occupancies_exactly(untrained):
+    n = 64
+    noise = torch.randn(n, untrained.noise_size, generator=torch.Generator().manual_seed(1))
+    energy = torch.full((n,), 50.0)
+    with torch.no_grad():
+        a = untrained.arch
+        conditions = untrained.conditions(energy, torch.full((n,), math.pi / 2))
+        from dt_assets.model.flow import midpoint_solve
+
+        stage1 = midpoint_solve(untrained.stage1, noise[:, : a.stage1_size], conditions, a.stage1_steps)
+        stage1 = stage1 * untrained.stage1_std + untrained.stage1_mean
+        deposits = untrained.sample(noise, energy, torch.full((n,), math.pi / 2))
+    layers = deposits.reshape(n, -1, a.n_layers)
+    count = torch.floor(stage1[:, 1 + a.n_layers : 1 + 2 * a.n_layers].clamp_min(0) ** 2)
+    expected = torch.exp(stage1[:, :1]) * 50.0 * torch.softmax(stage1[:, 1 : 1 + a.n_layers], dim=1)
+    # stage 1's count, at most the layer (225 cells) and at most what its energy holds at the threshold
+    count = torch.minimum(count.clamp(max=layers.shape[1]), torch.floor(expected / a.threshold_mev * (1 + 1e-6)))
+    assert torch.equal((layers > 0).sum(dim=1).float(), count)
+    assert (count < torch.floor(stage1[:, 1 + a.n_layers : 1 + 2 * a.n_layers].clamp_min(0) ** 2)).any()
+    assert torch.allclose(layers.sum(dim=1)[count > 0], expected[count > 0], rtol=1e-4)
+    assert (deposits[deposits > 0] >= a.threshold_mev * (1 - 1e-5)).all()
+
+
+def test_an_untrained_generator_makes_showers_of_the_right_scale():
+    for family in ("3dgan", "flow"):
+        generator = build_generator(SMALL, family)
+        mc = simulate(200, (10.0, 200.0), (60.0, 120.0), geometry=SMALL, seed=4).energy_deposit.sum(("x", "y", "z"))
+        made = generate(generator, 200, (10.0, 200.0), (60.0, 120.0), seed=4).energy_deposit.sum(("x", "y", "z"))
+        ratio = float(made.mean() / mc.mean())
+        assert 1 / 3 < ratio < 3, (family, ratio)
+
+
+def test_checkpoints_resume_and_hold_the_ema_generator(store, trained, tmp_path):
+    loaded = load_generator(trained.checkpoint_url)
+    assert loaded.family == "flow" and loaded.spec() == trained.generator.spec()
+    for (name, a), b in zip(trained.generator.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a.cpu(), b), name
+    config = FlowTrainConfig(**{**LEARNING.to_dict(), "epochs": 2, "max_steps_per_epoch": 5})
+
+    def interrupt(report) -> None:
+        raise KeyboardInterrupt  # the job killed after its first epoch's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainingData([store]), config, str(tmp_path / "ckpt"), GEOMETRY, callbacks=[interrupt])
+    resumed = train(TrainingData([store]), config, str(tmp_path / "ckpt"), GEOMETRY)
+    assert resumed.resumed_from_epoch == 1 and len(resumed.history) == 2
+    again = train(TrainingData([store]), config, str(tmp_path / "fresh"), GEOMETRY)
+    for (name, a), b in zip(resumed.generator.state_dict().items(), again.generator.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # a resumed training ends where an uninterrupted one does
+    assert resumed.history == again.history
+
+
+def test_warm_start_takes_the_weights_and_refuses_another_family(store, trained, tmp_path):
+    save_generator(trained.generator, str(tmp_path / "flow.pt"))
+    config = FlowTrainConfig(**{**LEARNING.to_dict(), "epochs": 1, "max_steps_per_epoch": 1, "lr": 1e-12})
+    warm = train(TrainingData([store]), config, str(tmp_path / "warm"), GEOMETRY, warm_start=str(tmp_path / "flow.pt"))
+    assert torch.allclose(warm.generator.stage2.out.weight, trained.generator.stage2.out.weight, atol=1e-6)
+    assert torch.equal(warm.generator.cells_mean, trained.generator.cells_mean)
+    save_generator(build_generator(SMALL), str(tmp_path / "gan.pt"))
+    with pytest.raises(ValueError, match="a 3dgan generator cannot start a flow training"):
+        train(TrainingData([store]), config, str(tmp_path / "x"), GEOMETRY, warm_start=str(tmp_path / "gan.pt"))
+    gan_config = TrainConfig(epochs=1, batch_size=16, max_steps_per_epoch=1)
+    with pytest.raises(ValueError, match="a flow generator cannot start a 3dgan training"):
+        train(TrainingData([store]), gan_config, str(tmp_path / "y"), GEOMETRY, warm_start=str(tmp_path / "flow.pt"))
+
+
+def test_a_checkpoint_of_the_other_family_is_not_resumed(store, trained, tmp_path):
+    checkpoint = Path(trained.checkpoint_url).parent
+    with pytest.raises(ValueError, match="checkpoint is for another family"):
+        train(
+            TrainingData([store]),
+            TrainConfig(epochs=3, batch_size=16, max_steps_per_epoch=1),
+            str(checkpoint),
+            GEOMETRY,
+        )
+
+
+@pytest.mark.parametrize("family", ["3dgan", "flow"])
+def test_corrupt_and_foreign_model_files_are_refused_by_name(family, tmp_path):
+    good = tmp_path / "good.pt"
+    save_generator(build_generator(SMALL, family), str(good))
+    data = good.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut.pt: not a CaloTwin generator file"):
+        load_generator(str(tmp_path / "cut.pt"))
+    payload = torch.load(good, weights_only=True)
+    spec = json.loads(payload["spec"])
+    spec["family"] = "vae"
+    torch.save({**payload, "spec": json.dumps(spec)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match=r"foreign.pt: not a CaloTwin generator file .*unknown generator family 'vae'"):
+        load_generator(str(tmp_path / "foreign.pt"))
+    other = "flow" if family == "3dgan" else "3dgan"
+    mixed = {**payload, "spec": json.dumps(build_generator(SMALL, other).spec())}
+    torch.save(mixed, tmp_path / "mixed.pt")  # one family's spec with the other's weights
+    with pytest.raises(ValueError, match=r"mixed.pt: not a CaloTwin generator file"):
+        load_generator(str(tmp_path / "mixed.pt"))
+
+
+def test_the_flow_is_deterministic_given_its_noise(trained):
+    a = generate(trained.generator, 50, (10.0, 100.0), (60.0, 120.0), seed=9)
+    b = generate(trained.generator, 50, (10.0, 100.0), (60.0, 120.0), seed=9)
+    assert np.array_equal(a.energy_deposit.values, b.energy_deposit.values)
+    assert a.attrs["simulator"] == "calotwin-flow"
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    config = FlowTrainConfig(lr=1e-3, warmup_steps=10)
+    rates = [learning_rate(config, step, 100) for step in range(101)]
+    assert rates[0] == pytest.approx(1e-4) and max(rates) <= 1e-3 and rates[100] == pytest.approx(0.0, abs=1e-12)
+    assert all(b <= a for a, b in itertools.pairwise(rates[10:]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": 0.0}, "lr must be positive"),
+        ({"ema_decay": 1.0}, r"ema_decay must lie in \[0, 1\)"),
+        ({"stage2_hidden": 0}, "stage2_hidden must be a positive integer"),
+        ({"batch_size": 1}, "batch_size must be >= 2"),
+    ],
+)
+def test_bad_flow_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FlowTrainConfig(**kwargs)
+
+
+def test_particle_selection_trains_on_one_particle_only(tmp_path):
+    url = str(tmp_path / "mixed.zarr")
+    blocks = [
+        *simulate_blocks(300, (10.0, 100.0), (60.0, 120.0), "e-", SMALL, seed=1),
+        *simulate_blocks(200, (10.0, 100.0), (60.0, 120.0), "gamma", SMALL, seed=2),
+    ]
+    write_blocks(preprocess_blocks(blocks, "mixed"), url)
+    every, electrons = TrainingData([url]), TrainingData([url], particle="e-")
+    from dt_assets.showers.store import open_store
+
+    ds = open_store(url)
+    train_split = ds["split"].values == 0
+    assert every.n_events() == int(train_split.sum())
+    assert electrons.n_events() == int((train_split & (ds["particle"].values == 11)).sum())
+    energies = np.sort(np.concatenate([b.primary_energy.numpy() for b in electrons.batches(1, shuffle=False)]))
+    expected = np.sort(ds["primary_energy"].values[train_split & (ds["particle"].values == 11)].astype(np.float32))
+    assert np.array_equal(energies, expected)  # exactly the electrons' training events, no photon
+    deposits = [batch_deposits(b, electrons) for b in electrons.batches(32, max_batches=2)]
+    assert all((d[d > 0] >= 0.1 * (1 - 1e-5)).all() for d in deposits)
+
+
+def test_two_process_ddp_flow_training_with_gloo(store, tmp_path):
+    torchrun_training(store, tmp_path, "--family", "flow", "--batch-size", "32")
+    assert load_generator(str(tmp_path / "ckpt" / "last.pt")).family == "flow"
+
+
+def test_flow_architecture_matches_its_geometry():
+    with pytest.raises(ValueError, match="is not the geometry's"):
+        FlowGenerator(GEOMETRY, flow_architecture_for(get_geometry("clic_ecal_25x25x25")))
