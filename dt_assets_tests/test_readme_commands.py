@@ -131,6 +131,7 @@ def test_make_ui_serves_the_assets_with_metadata_and_checks(demo_home):
             ("training_set",),
             ("hpo_study",),
             ("gan_model",),
+            ("flow_model",),
             ("mc_reference",),
             ("generated_showers",),
             ("validation_report",),

@@ -433,7 +433,7 @@ def speed_benchmark(
     return dg.MaterializeResult(
         metadata={
             "model_uri": version_uri(version),
-            **{k: round(v, 3) for k, v in numbers.items()},
+            **{k: float(f"{v:.4g}") for k, v in numbers.items()},  # four significant figures (a speedup can be < 0.01)
             "device": f"{device} ({threads} threads)",
             "geometry": geometry.name,
             "n_events": config.n_events,
