@@ -67,12 +67,18 @@ def epoch_metrics(report: EpochReport) -> None:
     mlflow.log_metrics({**metrics, **speed}, step=report.epoch)
 
 
+#: what both training assets share: upstream, resources, UI group and kinds, the one-training-at-a-time pool
+TRAINING_ASSET: dict = {
+    "deps": [training_set, HPO_STUDY],
+    "required_resource_keys": {"mlflow", "storage", "compute"},
+    "group_name": "model",
+    "kinds": {"pytorch", "mlflow"},
+    "pool": TRAINING_POOL,
+}
+
+
 @dg.asset(
-    deps=[training_set, HPO_STUDY],
-    required_resource_keys={"mlflow", "storage", "compute"},
-    group_name="model",
-    kinds={"pytorch", "mlflow"},
-    pool=TRAINING_POOL,
+    **TRAINING_ASSET,
     description="The 3DGAN (the mission's reference model and the baseline) trained on the training set's runs of "
     "one geometry and particle, checkpointed every epoch (a restarted training resumes), logged to MLflow and "
     "registered as a new version (tag family=3dgan, alias 'challenger'). It trains where the 'compute' resource "
@@ -85,11 +91,7 @@ def gan_model(context: dg.AssetExecutionContext, config: GanModelConfig) -> dg.M
 
 
 @dg.asset(
-    deps=[training_set, HPO_STUDY],
-    required_resource_keys={"mlflow", "storage", "compute"},
-    group_name="model",
-    kinds={"pytorch", "mlflow"},
-    pool=TRAINING_POOL,
+    **TRAINING_ASSET,
     description="The two-stage conditional flow-matching generator (energies and occupancy per layer, then cell "
     "shapes; CaloDREAM-style) trained on the training set's runs of one geometry and particle, checkpointed every "
     "epoch, logged to MLflow and registered as a new version of the same registered model as the 3DGAN (tag "
