@@ -38,13 +38,14 @@ import numpy as np
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
+from .isolation import ChildError, ChildFailedError, Limits, run_isolated
 from .physics.geometry import GEOMETRIES, get_geometry
 from .physics.particles import particle_name, pdg_code
 from .physics.simulator import ENERGY_RANGE_GEV, THETA_RANGE_DEG
 from .runs import FileSpec, zarr_checksum
-from .showers.errors import ShowerDataError
+from .showers.errors import ShowerDataError, UnsafeHdf5Error
 from .showers.hdf5 import hdf5_blocks
-from .showers.schema import DEPOSIT, validate_showers
+from .showers.schema import DEPOSIT, dataset_geometry, validate_showers
 from .showers.store import atomic_file, is_object_store, iter_blocks, move, read_showers, sha256_stream, url_to_fs
 
 #: Names of files still being written by common tools (ignored by :meth:`Landing.scan`).
@@ -63,6 +64,12 @@ CHECKS = (
     "unreadable",
     "bad_content",
     "out_of_range",
+    "unsafe_hdf5",
+    "no_energy",
+    "bad_response",
+    "reader_crashed",
+    "reader_out_of_memory",
+    "reader_timeout",
 )
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
@@ -98,6 +105,15 @@ class LandingChecks:
     particle: str = "e-"
     #: geometry preset the files must fit; None: the preset matching each file's grid
     geometry: str | None = None
+    #: the largest fraction of showers that may carry no visible energy at all
+    max_empty_fraction: float = 0.01
+    #: the mean visible fraction (E_sum / E_p over the showers) must lie within these multiples of the
+    #: geometry's sampling fraction (a wide window: it catches empty files, unit mix-ups, total instead of
+    #: visible energy, not a different calorimeter)
+    response_window: tuple[float, float] = (0.1, 10.0)
+    #: each file is read in a child process that may use this much memory (MB) and time (s)
+    reader_memory_mb: int = 4096
+    reader_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "energy_range_gev", _range(self.energy_range_gev, "energy_range_gev", 0.0, math.inf))
@@ -113,6 +129,20 @@ class LandingChecks:
                 get_geometry(self.geometry)
             except ValueError as exc:
                 raise ValueError(f"geometry: {exc}") from None
+        if not (isinstance(self.max_empty_fraction, int | float) and 0 <= self.max_empty_fraction <= 1):
+            raise ValueError(f"max_empty_fraction must lie within [0, 1], got {self.max_empty_fraction!r}")
+        window = _range(self.response_window, "response_window", 0.0, math.inf)
+        if window[0] <= 0:
+            raise ValueError(f"response_window must be positive multiples, got {self.response_window}")
+        object.__setattr__(self, "response_window", window)
+        try:
+            self.reader_limits()
+        except ValueError as exc:
+            raise ValueError(f"reader_{exc}") from None
+
+    def reader_limits(self) -> Limits:
+        """The memory and time each file's reader may use."""
+        return Limits(memory_mb=self.reader_memory_mb, timeout_s=self.reader_timeout_s)
 
 
 def _range(value: Sequence[float], field: str, low: float, high: float) -> tuple[float, float]:
@@ -441,58 +471,39 @@ class Landing:
             )
         url = self.landing.url_of(path)
         try:
-            if state.is_dir:
-                layout, geometry, n_events = self._read_zarr(url)
-                digest = zarr_checksum(url, self.storage_options)
-            else:
-                layout, geometry, n_events = self._read_hdf5(url)
-                digest = _sha256(self.landing.fs, path)
+            layout, geometry, n_events = self._read(url, state.is_dir)
+            digest = zarr_checksum(url, self.storage_options) if state.is_dir else _sha256(self.landing.fs, path)
         except _RefusedError:
             raise
         except Exception as exc:  # a reader failing in a way it does not anticipate: a bad file, unless it vanished
             if not (self.landing.exists(self.landing.root) and self.landing.exists(path)):
-                raise
-            raise _RefusedError("unreadable", f"could not be read ({type(exc).__name__}: {exc})") from None
+                raise FileNotFoundError(f"{url}: left the landing area while it was read ({exc})") from None
+            raise _RefusedError("unreadable", f"could not be read ({exc})") from None
         if self.checks.geometry is None and geometry not in GEOMETRIES:
             geometry = None  # a custom geometry: the file itself describes it
         spec = FileSpec(url=url, sha256=digest, layout=layout, geometry=geometry, particle=self.checks.particle)
         return spec, n_events
 
-    def _read_hdf5(self, url: str) -> tuple[str, str, int]:
-        c = self.checks
-        layout = geometry = ""
-        n_events = 0
-        try:
-            for block in hdf5_blocks(url, c.geometry, c.particle, self.storage_options):
-                if n_events == 0:
-                    layout, geometry = str(block.attrs["source_layout"]), str(block.attrs["geometry"])
-                _check_ranges(block, c, first_event=n_events)
-                n_events += block.sizes["event"]
-        except ShowerDataError as exc:
-            unreadable = any(marker in exc.problem for marker in _UNREADABLE_HDF5)
-            raise _RefusedError("unreadable" if unreadable else "bad_content", exc.problem) from None
+    def _read(self, url: str, is_dir: bool) -> tuple[str, str, int]:
+        """(layout, geometry, events) of an entry, read completely and checked (:func:`read_entry`) in a child
+        process within the checks' memory and time limits; a reader that dies there refuses the entry with the
+        way it died. An in-memory file system (tests) is not shared with a child: read in this process."""
+        args = (url, is_dir, self.checks, self.storage_options)
+        if "memory" in _protocols(self.landing.fs):
+            outcome = read_entry(*args)
+        else:
+            try:
+                outcome = run_isolated(read_entry, args, self.checks.reader_limits())
+            except ChildFailedError as exc:
+                raise _RefusedError(
+                    f"reader_{exc.check}", f"the reader checking it {exc.status} ({_READER_FAILURES[exc.check]})"
+                ) from None
+            except ChildError as exc:
+                raise RuntimeError(str(exc)) from None
+        if "refused" in outcome:
+            raise _RefusedError(*outcome["refused"])
+        layout, geometry, n_events = outcome["read"]
         return layout, geometry, n_events
-
-    def _read_zarr(self, url: str) -> tuple[str, str, int]:
-        try:
-            ds = read_showers(url, self.storage_options, validate=False)
-        except ShowerDataError as exc:
-            raise _RefusedError("unreadable", exc.problem) from None
-        with ds:
-            geometry = str(ds.attrs.get("geometry", ""))
-            if self.checks.geometry is not None and geometry != self.checks.geometry:
-                raise _RefusedError("bad_content", f"geometry {geometry!r}, expected {self.checks.geometry!r}")
-            n_events = 0
-            for block in iter_blocks(ds):
-                try:
-                    validate_showers(block, url, first_event=n_events)
-                except ShowerDataError as exc:
-                    raise _RefusedError("bad_content", exc.problem) from None
-                _check_ranges(block, self.checks, first_event=n_events)
-                n_events += block.sizes["event"]
-        if n_events == 0:
-            raise _RefusedError("bad_content", "contains no events")
-        return "zarr", geometry, n_events
 
     # --- moving ---------------------------------------------------------------------------------
     def _accept(self, entry: Entry, path: str, spec: FileSpec, n_events: int) -> Accepted:
@@ -582,6 +593,104 @@ class Landing:
         return sorted(records, key=lambda r: (str(r.get("detected_at", "")), r["sidecar_url"]), reverse=True)
 
 
+_READER_FAILURES = {
+    "crashed": "the file makes the reading library crash",
+    "out_of_memory": "reading it needs more memory than the landing's reader_memory_mb allows",
+    "timeout": "reading it takes longer than the landing's reader_timeout_s allows",
+}
+
+
+def read_entry(url: str, is_dir: bool, checks: LandingChecks, storage_options: Mapping[str, Any]) -> dict[str, Any]:
+    """Read a landed HDF5 file or zarr store completely and check it: ``{"read": [layout, geometry, events]}``,
+    or ``{"refused": [check, reason]}``. Runs in the reader's child process (:meth:`Landing._read`)."""
+    try:
+        if is_dir:
+            return {"read": list(_read_zarr(url, checks, storage_options))}
+        return {"read": list(_read_hdf5(url, checks, storage_options))}
+    except _RefusedError as refused:
+        return {"refused": [refused.check, refused.reason]}
+
+
+def _read_hdf5(url: str, checks: LandingChecks, storage_options: Mapping[str, Any]) -> tuple[str, str, int]:
+    layout = geometry = ""
+    response = _Response(checks)
+    try:
+        for block in hdf5_blocks(url, checks.geometry, checks.particle, storage_options):
+            if response.n_events == 0:
+                layout, geometry = str(block.attrs["source_layout"]), str(block.attrs["geometry"])
+            _check_ranges(block, checks, first_event=response.n_events)
+            response.add(block)
+    except UnsafeHdf5Error as exc:
+        raise _RefusedError("unsafe_hdf5", exc.problem) from None
+    except ShowerDataError as exc:
+        unreadable = any(marker in exc.problem for marker in _UNREADABLE_HDF5)
+        raise _RefusedError("unreadable" if unreadable else "bad_content", exc.problem) from None
+    response.check()
+    return layout, geometry, response.n_events
+
+
+def _read_zarr(url: str, checks: LandingChecks, storage_options: Mapping[str, Any]) -> tuple[str, str, int]:
+    try:
+        ds = read_showers(url, storage_options, validate=False)
+    except ShowerDataError as exc:
+        raise _RefusedError("unreadable", exc.problem) from None
+    response = _Response(checks)
+    with ds:
+        geometry = str(ds.attrs.get("geometry", ""))
+        if checks.geometry is not None and geometry != checks.geometry:
+            raise _RefusedError("bad_content", f"geometry {geometry!r}, expected {checks.geometry!r}")
+        for block in iter_blocks(ds):
+            try:
+                validate_showers(block, url, first_event=response.n_events)
+            except ShowerDataError as exc:
+                raise _RefusedError("bad_content", exc.problem) from None
+            _check_ranges(block, checks, first_event=response.n_events)
+            response.add(block)
+    if response.n_events == 0:
+        raise _RefusedError("bad_content", "contains no events")
+    response.check()
+    return "zarr", geometry, response.n_events
+
+
+class _Response:
+    """Showers without visible energy, and the mean visible fraction, over a file's blocks."""
+
+    def __init__(self, checks: LandingChecks) -> None:
+        self.checks = checks
+        self.n_events = self.n_empty = 0
+        self.fraction_sum = 0.0
+        self.sampling_fraction: float | None = None
+
+    def add(self, block: xr.Dataset) -> None:
+        n = block.sizes["event"]
+        visible_gev = block[DEPOSIT].values.reshape(n, -1).sum(axis=1, dtype=np.float64) * 1e-3
+        self.n_empty += int(np.count_nonzero(visible_gev <= 0))
+        self.fraction_sum += float(np.sum(visible_gev / block["primary_energy"].values.astype(np.float64)))
+        self.n_events += n
+        if self.sampling_fraction is None:
+            self.sampling_fraction = dataset_geometry(block).sampling_fraction
+
+    def check(self) -> None:
+        if self.n_events == 0:
+            return
+        empty = self.n_empty / self.n_events
+        if empty > self.checks.max_empty_fraction:
+            raise _RefusedError(
+                "no_energy",
+                f"{self.n_empty} of {self.n_events} showers ({empty:.1%}) carry no visible energy at all "
+                f"(at most {self.checks.max_empty_fraction:.1%} may)",
+            )
+        mean = self.fraction_sum / self.n_events
+        low, high = (f * (self.sampling_fraction or 0.0) for f in self.checks.response_window)
+        if not low <= mean <= high:
+            raise _RefusedError(
+                "bad_response",
+                f"mean visible fraction E_sum/E_p {mean:.4g} is outside {low:.3g}-{high:.3g} "
+                f"({self.checks.response_window[0]:g}-{self.checks.response_window[1]:g} x the geometry's "
+                f"sampling fraction {self.sampling_fraction:.4g}): are the units right, is it visible energy?",
+            )
+
+
 def _check_ranges(block: xr.Dataset, checks: LandingChecks, first_event: int = 0) -> None:
     """Refuse a block whose primary energies or angles leave the allowed ranges, or whose events deposit
     more than their primary energy (a units mistake). ``first_event`` numbers the events in messages."""
@@ -660,6 +769,11 @@ def _local_links(path: str) -> Iterator[str]:
         for name in (*dirs, *files):
             if os.path.islink(os.path.join(folder, name)):
                 yield os.path.join(folder, name)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def _sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:

@@ -151,6 +151,38 @@ def _zarr_not_a_store(landing: Path, tmp: Path, ds: xr.Dataset) -> str:
     return "junk.zarr"
 
 
+def _hdf5_reaching_out(kind: str) -> Builder:
+    """A 3DGAN file that looks good but whose ECAL (or an extra object) reaches outside the file."""
+
+    def build(landing: Path, tmp: Path, ds: xr.Dataset) -> str:
+        source = tmp / "elsewhere.h5"
+        with h5py.File(source, "w") as h5:
+            h5["d"] = np.full((20, *GRID), 1e-3, np.float32)
+        name = f"{kind}.h5"
+        write_raw_3dgan(landing / name, ECAL=None)
+        with h5py.File(landing / name, "a") as h5:
+            if kind == "virtual":
+                layout = h5py.VirtualLayout(shape=(20, *GRID), dtype=np.float32)
+                layout[:] = h5py.VirtualSource(str(source), "d", shape=(20, *GRID))
+                h5.create_virtual_dataset("ECAL", layout, fillvalue=0)
+            elif kind == "external_storage":
+                (tmp / "raw.bin").write_bytes(np.full((20, *GRID), 1e-3, np.float32).tobytes())
+                h5.create_dataset("ECAL", (20, *GRID), np.float32, external=[(str(tmp / "raw.bin"), 0, 20 * 2700 * 4)])
+            elif kind == "external_link":
+                h5["ECAL"] = h5py.ExternalLink(str(source), "d")
+            elif kind == "soft_link_out":
+                h5["ECAL"] = np.full((20, *GRID), 1e-3, np.float32)
+                h5["elsewhere"] = h5py.ExternalLink(str(source), "d")
+                h5["alias"] = h5py.SoftLink("/elsewhere")
+            else:  # a Zstandard-filtered dataset (filter 32015): needs a plugin from the reading machine
+                h5.create_dataset(
+                    "ECAL", data=np.full((20, *GRID), 1e-3, np.float32), compression=32015, allow_unknown_filter=True
+                )
+        return name
+
+    return build
+
+
 BAD_INPUTS = {
     # id: (builder, check, a substring of the reason)
     "empty_file": (_bytes("empty.h5", lambda good: b""), "empty", "empty file (0 bytes)"),
@@ -187,6 +219,26 @@ BAD_INPUTS = {
     "zarr_missing_chunk": (_zarr_missing_chunk, "unreadable", "incomplete store"),
     "zarr_with_nan": (_zarr_with_nan, "bad_content", "NaN (first in event 7)"),
     "zarr_not_a_store": (_zarr_not_a_store, "unreadable", "not a readable zarr store"),
+    "virtual_dataset": (_hdf5_reaching_out("virtual"), "unsafe_hdf5", "'/ECAL' is a virtual dataset"),
+    "external_storage": (_hdf5_reaching_out("external_storage"), "unsafe_hdf5", "keeps its bytes in external file"),
+    "external_link": (_hdf5_reaching_out("external_link"), "unsafe_hdf5", "'/ECAL' is an external link"),
+    "soft_link_out": (_hdf5_reaching_out("soft_link_out"), "unsafe_hdf5", "external link"),
+    "filter_plugin": (_hdf5_reaching_out("filter_plugin"), "unsafe_hdf5", "needs filter 32015"),
+    "showers_without_energy": (
+        _raw("blank.h5", ECAL=np.zeros((20, *GRID), np.float32)),
+        "no_energy",
+        "20 of 20 showers (100.0%) carry no visible energy",
+    ),
+    "some_showers_without_energy": (
+        _raw("holes.h5", ECAL=ecal_with(0.0) * (np.arange(20) % 4 > 0)[:, None, None, None]),
+        "no_energy",
+        "5 of 20 showers",
+    ),
+    "total_not_visible_energy": (
+        _raw("total.h5", ECAL=np.full((20, *GRID), 0.015, np.float32), energy=np.full(20, 50.0)),
+        "bad_response",
+        "mean visible fraction E_sum/E_p 0.81",
+    ),
 }
 
 
@@ -408,3 +460,40 @@ def test_landing_on_an_fsspec_store(memory_prefix, showers):
     assert json.loads(fs.cat_file(bad.sidecar_url))["original_name"] == "bad.h5"
     assert area.scan() == ([], {})
     assert [r["original_name"] for r in area.quarantined()] == ["bad.h5"]
+
+
+def test_a_file_built_to_exhaust_memory_is_quarantined_and_the_next_one_accepted(tmp_path, landing_dir, showers):
+    # 6 kB on disk: a self-described 400^3-cell grid of compressed zeros, 256 MB per shower once read
+    geometry = landing_module.get_geometry(SMALL).to_dict() | {"name": "huge", "n_x": 400, "n_y": 400, "n_layers": 400}
+    with h5py.File(landing_dir / "huge.h5", "w") as h5:
+        h5.attrs["geometry_json"] = json.dumps(geometry)
+        h5.create_dataset("ECAL", (2, 400, 400, 400), np.float32, chunks=(1, 100, 100, 100), compression="gzip")
+        h5["energy"], h5["theta"] = np.full(2, 50.0), np.full(2, 1.5)
+    before = (landing_dir / "huge.h5").read_bytes()
+    write_hdf5(showers, str(landing_dir / "good.h5"))
+    area = Landing(
+        str(landing_dir), str(tmp_path / "a"), str(tmp_path / "q"), checks=LandingChecks(reader_memory_mb=256)
+    )
+
+    results = {entry.name: area.process(entry) for entry in ready_after_two_scans(area)}
+
+    huge = results["huge.h5"]
+    assert isinstance(huge, Quarantined) and huge.check == "reader_out_of_memory", huge
+    assert "ran out of its 256 MB memory limit" in huge.reason and "reader_memory_mb" in huge.reason
+    assert Path(huge.url).read_bytes() == before
+    assert isinstance(results["good.h5"], Accepted) and os.listdir(landing_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_empty_fraction": 1.5}, "max_empty_fraction"),
+        ({"response_window": (2.0, 1.0)}, "response_window"),
+        ({"response_window": (0.0, 1.0)}, "response_window"),
+        ({"reader_memory_mb": 10}, "reader_memory_mb"),
+        ({"reader_timeout_s": 0}, "reader_timeout_s"),
+    ],
+)
+def test_the_new_landing_checks_refuse_bad_settings_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        LandingChecks(**kwargs)

@@ -82,6 +82,14 @@ class LandingSettings(_Section):
     theta_range_deg: tuple[float, float] = Field(default=THETA_RANGE_DEG, description="Accepted incidence angles.")
     particle: Literal["e-", "gamma"] = Field(default="e-", description="Particle recorded for files that do not say.")
     geometry: str | None = Field(default=None, description="Geometry preset; empty: the one matching the grid.")
+    max_empty_fraction: float = Field(
+        default=0.01, ge=0, le=1, description="Largest fraction of showers without visible energy a file may hold."
+    )
+    response_window: tuple[float, float] = Field(
+        default=(0.1, 10.0), description="Mean E_sum/E_p window, in multiples of the geometry's sampling fraction."
+    )
+    reader_memory_mb: int = Field(default=4096, ge=64, description="Memory limit of each file's reader process.")
+    reader_timeout_s: float = Field(default=600.0, gt=0, description="Time limit of each file's reader process.")
 
     _check_geometry = field_validator("geometry")(_known_geometry)
 
@@ -98,6 +106,10 @@ class LandingSettings(_Section):
             theta_range_deg=self.theta_range_deg,
             particle=self.particle,
             geometry=self.geometry,
+            max_empty_fraction=self.max_empty_fraction,
+            response_window=self.response_window,
+            reader_memory_mb=self.reader_memory_mb,
+            reader_timeout_s=self.reader_timeout_s,
         )
 
 

@@ -70,7 +70,7 @@ class FlowArchitecture:
     stage2_blocks: int = 3
     time_features: int = 16
     stage1_steps: int = 32
-    stage2_steps: int = 16
+    stage2_steps: int = 8  # see FlowTrainConfig.stage2_steps
     threshold_mev: float = THRESHOLD_MEV
     #: an empty cell's log energy lies uniformly in [log(threshold) - gap - width, log(threshold) - gap]
     zero_gap: float = 2.3

@@ -66,7 +66,9 @@ class FlowTrainConfig:
     stage2_hidden: int = 512
     stage2_blocks: int = 3
     stage1_steps: int = 32
-    stage2_steps: int = 16
+    #: 8 midpoint steps: on the 45-minute bench model (bench/README), 16 gave AUC 0.781, FPD 0.0032 and 8 gave
+    #: 0.783, 0.0034 (the same within the bootstrap), 4 gave 0.799, 0.012; 8 generates 1.6x faster than 16
+    stage2_steps: int = 8
 
     family = "flow"
 

@@ -11,7 +11,9 @@
   whose cell count equals ``n_voxels``, flattened in (x, y, z) C order. Showers enter at normal
   incidence unless the file has a ``theta`` dataset (which CaloTwin's exports add).
 
-Files are read in blocks of events; every block is checked (keys, shapes, NaN/inf, negative
+A file that reaches outside itself (a virtual dataset, external storage or links, a filter plugin) is
+refused before any data is read (:mod:`dt_assets.showers.hdf5_safety`). Files are read in blocks of
+events; every block is checked (keys, shapes, NaN/inf, negative
 energies, truncation), and any problem raises :class:`ShowerDataError` naming the file.
 """
 
@@ -31,6 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ..physics.geometry import Geometry, geometry_for_cells, geometry_for_shape, get_geometry
 from ..physics.particles import pdg_code
 from .errors import ShowerDataError
+from .hdf5_safety import check_self_contained
 from .schema import (
     DEPOSIT,
     EVENTS_PER_CHUNK,
@@ -82,6 +85,7 @@ def hdf5_blocks(
         except OSError as exc:
             raise ShowerDataError(url, f"not a readable HDF5 file, or a truncated one ({exc})") from None
         with h5:
+            check_self_contained(h5, url)
             reader = _Reader(h5, url, geometry, particle)
             for start in range(0, reader.n, block_events):
                 yield reader.block(start, min(start + block_events, reader.n))
