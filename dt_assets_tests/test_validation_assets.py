@@ -6,6 +6,7 @@ import dagster as dg
 import mlflow
 import pytest
 import torch
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from mlflow import MlflowClient
 
 from conftest import SMALL
@@ -101,8 +102,16 @@ def test_a_passing_model_is_promoted_a_tie_or_failure_is_not(home, instance, sto
 
     # the same weights again, judged with other settings: the champion is validated again with those
     # settings (a second report of version 1), and an equal score does not beat it
+    # (and with no threshold for kpd, its gate is skipped, not passed)
     second = register(seed=1)
-    result = run_validation(instance, storage, {**LENIENT, "bootstrap": 11})
+    no_kpd = {**LENIENT, "bootstrap": 11, "thresholds": {**LENIENT["thresholds"], "kpd": None}}
+    result = run_validation(instance, storage, no_kpd)
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"coverage_gate": True, "fpd_gate": True, "classifier_auc_gate": True}
+    kpd = dg.AssetCheckKey(validation_report.key, "kpd_gate")
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([kpd])[kpd]
+    assert record.run_id == result.run_id and record.status == AssetCheckExecutionRecordStatus.PLANNED  # no result
+    assert instance.get_run_by_id(result.run_id).is_finished  # planned in a finished run: Dagster shows SKIPPED
     decision = metadata(result, "champion_model")
     assert decision["promoted"] is False and "does not beat the champion" in decision["reason"]
     assert decision["champion_score"] == pytest.approx(decision["candidate_score"])

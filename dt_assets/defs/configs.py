@@ -500,9 +500,10 @@ class ValidationReportConfig(dg.Config):
     config_file: str = Field(default="", description="Validation YAML; empty: the built-in defaults.")
     observables: list[str] | None = Field(default=None, description="Observables to compare (default: all).")
     metrics: list[str] | None = Field(default=None, description="Metrics per observable and cell (default: all).")
-    thresholds: dict[str, float] = Field(
+    thresholds: dict[str, float | None] = Field(
         default_factory=dict,
-        description="Threshold overrides on |value|: 'metric', 'observable.metric', 'fpd', 'kpd', 'classifier_auc'.",
+        description="Threshold overrides on |value|: 'metric', 'observable.metric', 'fpd', 'kpd', 'classifier_auc'; "
+        "null: no check (a gate without a threshold is skipped).",
     )
     bootstrap: int | None = Field(default=None, ge=1, description="Bootstrap replicas per metric (default 100).")
     min_coverage: float | None = Field(
