@@ -11,7 +11,6 @@ PORT ?= 3000
 MLFLOW_PORT ?= 5000
 NOTEBOOK_PORT ?= 8888
 # the landing sensor reads whole files: give a tick 5 minutes instead of Dagster's 60 s
-SENSOR_TIMEOUT := DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS=300
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo champion test lint format docs ui twin mlflow-ui notebook bench
@@ -49,10 +48,10 @@ docs: install ## Regenerate the README's configuration reference from the Config
 
 ui: install ## Start the Dagster UI and daemon on http://127.0.0.1:3000, the loop's sensors on (HOST, PORT to change)
 	$(PY) -c 'from dt_assets.home import ensure_dagster_home, ensure_home; ensure_home(); ensure_dagster_home()'
-	CALOTWIN_LOOP=on $(SENSOR_TIMEOUT) $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	CALOTWIN_LOOP=on $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
 
 twin: install ## Start the UI and daemon, drop a new simulated batch into landing/ and show the loop react
-	$(SENSOR_TIMEOUT) $(PY) -m dt_assets.twin --host $(HOST) --port $(PORT)
+	$(PY) -m dt_assets.twin --host $(HOST) --port $(PORT)
 
 mlflow-ui: install ## Start the MLflow UI on the embedded tracking store, http://127.0.0.1:5000 (MLFLOW_PORT to change)
 	mkdir -p $(CALOTWIN_HOME)/mlflow

@@ -16,7 +16,8 @@ from .defs.jobs import (
     validate_job,
     validate_model_job,
 )
-from .defs.loop import loop_schedules, loop_sensors, quarantined_files
+from .defs.landing import land_files_job, quarantined_files
+from .defs.loop import loop_schedules, loop_sensors
 from .defs.model import flow_model, gan_model
 from .defs.preprocess import preprocessed_showers, training_set
 from .defs.validation import (
@@ -48,6 +49,7 @@ defs = dg.Definitions(
     asset_checks=validation_checks,
     jobs=[
         register_runs_job,
+        land_files_job,
         ingest_runs_job,
         train_job,
         train_flow_job,

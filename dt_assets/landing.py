@@ -283,24 +283,30 @@ class Landing:
     def scan(self, previous: Mapping[str, Sequence[float]] | None = None) -> tuple[list[Entry], dict[str, list[float]]]:
         """Entries ready to process, and the observations (``{name: [size, mtime]}``) of those still settling.
 
-        Ready: a ``.done`` marker is present, or size and mtime are unchanged since ``previous`` (the
-        last scan's observations, which the caller keeps, e.g. in a sensor cursor). Ignored (neither
-        ready nor observed): names ending in :data:`TEMP_SUFFIXES`, marker files themselves, and hidden
-        names starting with a single ``.`` (e.g. rsync's ``.name.XYZ`` temp files); names starting with
-        ``..`` are unsafe, not hidden (they settle like any file, so their sidecar records the complete
-        upload). Symlinks are ready at once (made in one step; they go to quarantine). A landing area
-        that does not exist (yet) is empty. Entries are sorted by name.
+        Ready: a ``.done`` marker is present, the entry was renamed from a temporary name that the last
+        scan saw (``run.h5.part`` then ``run.h5``: the upload is complete), or size and mtime are unchanged
+        since ``previous`` (the last scan's observations, which the caller keeps, e.g. in a sensor cursor).
+        Never ready: names ending in :data:`TEMP_SUFFIXES` (observed, so that their rename is recognised),
+        and, neither ready nor observed, marker files themselves and hidden names starting with a single
+        ``.`` (e.g. rsync's ``.name.XYZ`` temp files); names starting with ``..`` are unsafe, not hidden
+        (they settle like any file, so their sidecar records the complete upload). Symlinks are ready at
+        once (made in one step; they go to quarantine). A landing area that does not exist (yet) is empty.
+        Entries are sorted by name.
         """
         previous = previous or {}
         ready: list[Entry] = []
         settling: dict[str, list[float]] = {}
         for entry in self._entries():
+            observed = [float(entry.size), float(entry.mtime)]
+            if _temporary(entry.name):
+                settling[entry.name] = observed
+                continue
             if _ignored(entry.name):
                 continue
-            observed = [float(entry.size), float(entry.mtime)]
             before = previous.get(entry.name)
             stable = before is not None and [float(v) for v in before] == observed
-            if entry.has_marker or entry.is_link or stable:
+            renamed = any(entry.name + suffix in previous for suffix in TEMP_SUFFIXES)
+            if entry.has_marker or entry.is_link or stable or renamed:
                 ready.append(entry)
             else:
                 settling[entry.name] = observed
@@ -725,6 +731,11 @@ def _check_ranges(block: xr.Dataset, checks: LandingChecks, first_event: int = 0
             f"event {first_event + i} deposits {deposited_gev[i]:g} GeV, more than its primary energy "
             f"{energy[i]:g} GeV: are the units right?",
         )
+
+
+def _temporary(name: str) -> bool:
+    """A name still being written (``run.h5.part``): observed, never ready."""
+    return not name.startswith(".") and name.lower().endswith(TEMP_SUFFIXES)
 
 
 def _ignored(name: str) -> bool:

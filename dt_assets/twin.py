@@ -30,12 +30,14 @@ from .home import ensure_dagster_home, ensure_home
 REPO = Path(__file__).resolve().parents[1]
 LOOP_SENSORS = (
     "landing_sensor",
+    "ingest_after_landing",
+    "ingest_after_failed_landing",
     "retrain_sensor",
     "validate_after_training",
     "promote_after_validation",
     "promote_after_failed_validation",
 )
-LOOP_JOBS = ("ingest_runs", "train_flow", "train_gan", "validate_model", "promote_champion")
+LOOP_JOBS = ("land_files", "ingest_runs", "train_flow", "train_gan", "validate_model", "promote_champion")
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 

@@ -16,10 +16,15 @@ import pytest
 from conftest import SMALL, register_untrained_generator
 from dt_assets import simulate
 from dt_assets.defs.data import raw_showers, simulation_runs
-from dt_assets.defs.loop import (
+from dt_assets.defs.landing import (
     LOOP_TAG,
+    ingestion_requests,
+    land_files_job,
+    landing_area,
     landing_sensor,
     landing_tick,
+)
+from dt_assets.defs.loop import (
     latest_trained,
     loop_sensors,
     nightly_revalidation,
@@ -66,42 +71,63 @@ def sha12(path: Path) -> str:
 
 def tick(instance, storage, cursor=None, settings=FAST) -> dg.SensorResult:
     context = dg.build_sensor_context(instance=instance, cursor=cursor)
-    return landing_tick(context, storage, settings)
+    return landing_tick(context, settings, landing_area(storage, settings))
 
 
-def apply(instance, result: dg.SensorResult) -> None:
-    """What the daemon does with a tick's partition requests."""
-    for request in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+def land(instance, storage, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    """What the daemon does with a land_files request: the run, with its run key."""
+    assert request.job_name in (None, "land_files") and request.tags[LOOP_TAG] == "land"
+    return land_files_job.execute_in_process(
+        run_config={**request.run_config, **QUIET},
+        instance=instance,
+        resources={"storage": storage},
+        tags={**request.tags, "dagster/run_key": request.run_key},
+        raise_on_error=False,
+    )
 
 
-def test_landing_sensor_registers_a_stable_file_once_under_its_checksum(home, storage, instance, good_h5):
+def entries(request: dg.RunRequest) -> list[str]:
+    return [e["name"] for e in request.run_config["ops"]["land_files"]["config"]["entries"]]
+
+
+def test_the_landing_sensor_reads_no_file_and_its_run_registers_a_stable_file_once_under_its_checksum(
+    home, storage, instance, good_h5
+):
     landing = home / "landing"
     landing.mkdir(parents=True)
     shutil.copy(good_h5, landing / "run-a.h5")
     (landing / "upload.h5.part").write_bytes(b"half an upload")  # still being written: never touched
     first = tick(instance, storage)
-    assert not first.run_requests and "1 file(s) still settling" in first.skip_reason.skip_message
-    assert (landing / "run-a.h5").exists()  # not touched while it may still be growing
+    assert not first.run_requests and "2 file(s) still settling" in first.skip_reason.skip_message
 
     second = tick(instance, storage, first.cursor)
-    key = f"file-{sha12(good_h5)}"
     (request,) = second.run_requests
-    assert request.partition_key == key and request.run_key == f"ingest-{key}" and request.tags[LOOP_TAG] == "ingest"
-    assert second.dynamic_partitions_requests[0].partition_keys == [key]
-    (registered,) = second.asset_events
-    assert registered.asset_key == simulation_runs.key and registered.metadata["new_runs"].value == 1
+    assert entries(request) == ["run-a.h5"] and request.run_key.startswith("land-")
+    assert (landing / "run-a.h5").exists() and not (home / "data" / "landed").exists()  # the tick moved nothing
+    assert tick(instance, storage, first.cursor).run_requests[0].run_key == request.run_key  # a replay: same key
+
+    run = land(instance, storage, request)
+    assert run.success
+    key = f"file-{sha12(good_h5)}"
+    (registered,) = [e for e in run.get_asset_materialization_events() if e.asset_key == simulation_runs.key]
+    meta = registered.step_materialization_data.materialization.metadata
+    assert meta["partition"].value == key and meta["file"].value == "run-a.h5"
+    assert instance.get_dynamic_partitions("simulation_runs") == [key]
     landed = home / "data" / "landed" / key / "run-a.h5"
     assert landed.read_bytes() == good_h5.read_bytes() and not (landing / "run-a.h5").exists()
     spec = json.loads((home / "data" / "runs" / f"{key}.json").read_text())
     assert spec["url"] == str(landed) and spec["geometry"] == SMALL and spec["layout"] == "3dgan"
-    apply(instance, second)
+    (ingest,) = ingestion_requests(instance, instance.get_run_by_id(run.run_id))
+    assert ingest.partition_key == key and ingest.run_key == f"ingest-{key}" and ingest.tags[LOOP_TAG] == "ingest"
+    assert ingest.tags["calotwin/file"] == "run-a.h5"
+    assert not tick(instance, storage, second.cursor).run_requests  # landed: nothing more to request
 
-    # the same bytes under another name, with a .done marker: ready at once, kept, not a second run
+    # the same bytes under another name, with a .done marker: ready at once, kept, not a second partition
     shutil.copy(good_h5, landing / "same-bytes.h5")
     (landing / "same-bytes.h5.done").touch()
-    third = tick(instance, storage, second.cursor)
-    assert not third.run_requests and not third.dynamic_partitions_requests
+    (request,) = tick(instance, storage, second.cursor).run_requests
+    run = land(instance, storage, request)
+    assert run.success and isinstance(ingestion_requests(instance, instance.get_run_by_id(run.run_id)), dg.SkipReason)
     assert (home / "data" / "landed" / key / "same-bytes.h5").read_bytes() == good_h5.read_bytes()
     assert instance.get_dynamic_partitions("simulation_runs") == [key]
     assert (landing / "upload.h5.part").read_bytes() == b"half an upload"
@@ -114,7 +140,18 @@ def test_landing_sensor_registers_a_stable_file_once_under_its_checksum(home, st
     assert result.asset_materializations_for_node("raw_showers")[0].metadata["events"].value == 300
 
 
-def test_landing_sensor_quarantines_a_bad_file_and_keeps_going(home, storage, instance, good_h5):
+def test_a_file_renamed_from_part_is_requested_on_the_first_tick_after_the_rename(home, storage, instance, good_h5):
+    landing = home / "landing"
+    landing.mkdir(parents=True)
+    shutil.copy(good_h5, landing / "run.h5.part")
+    first = tick(instance, storage)
+    assert not first.run_requests
+    (landing / "run.h5.part").rename(landing / "run.h5")
+    (request,) = tick(instance, storage, first.cursor).run_requests
+    assert entries(request) == ["run.h5"]
+
+
+def test_the_land_run_quarantines_a_bad_file_and_keeps_going(home, storage, instance, good_h5):
     landing = home / "landing"
     landing.mkdir(parents=True)
     bad = landing / "bad-nan.h5"
@@ -127,17 +164,20 @@ def test_landing_sensor_quarantines_a_bad_file_and_keeps_going(home, storage, in
         (landing / f"{name}.done").touch()
     result = landing_sensor(dg.build_sensor_context(instance=instance, resources={"storage": storage}))
     (request,) = result.run_requests
-    assert request.partition_key == f"file-{sha12(good_h5)}"
-    (quarantined,) = [e for e in result.asset_events if e.asset_key == dg.AssetKey("quarantined_files")]
-    meta = {k: v.value for k, v in quarantined.metadata.items()}
+    assert entries(request) == ["bad-nan.h5", "good.h5"]
+    run = land(instance, storage, request)
+    assert run.success
+    (quarantined,) = [e for e in run.get_asset_materialization_events() if e.asset_key.path == ["quarantined_files"]]
+    meta = {k: v.value for k, v in quarantined.step_materialization_data.materialization.metadata.items()}
     assert meta["file"] == "bad-nan.h5" and "NaN" in meta["reason"] and meta["files_in_quarantine"] == 1
     assert Path(meta["quarantined_to"]).read_bytes() == bad_bytes  # moved, not deleted or altered
     sidecar = json.loads(Path(meta["sidecar"]).read_text())
     assert sidecar["original_name"] == "bad-nan.h5" and "NaN" in sidecar["reason"]
+    assert instance.get_dynamic_partitions("simulation_runs") == [f"file-{sha12(good_h5)}"]
     assert sorted(p.name for p in landing.iterdir()) == []
 
 
-def test_a_file_that_cannot_be_moved_is_retried_and_does_not_hold_up_the_others(
+def test_a_file_that_cannot_be_moved_fails_its_run_after_the_others_and_is_requested_again(
     home, storage, instance, good_h5, monkeypatch
 ):
     landing = home / "landing"
@@ -153,32 +193,40 @@ def test_a_file_that_cannot_be_moved_is_retried_and_does_not_hold_up_the_others(
         return process(self, entry)
 
     monkeypatch.setattr(Landing, "process", refuse_one)
-    result = tick(instance, storage)
-    (request,) = result.run_requests
-    assert request.tags["calotwin/file"] == "b-good.h5"
-    assert "a-stuck.h5" in json.loads(result.cursor)["settling"] and (landing / "a-stuck.h5").exists()
+    first = tick(instance, storage)
+    (request,) = first.run_requests
+    # as the daemon does with the request: a run (not started yet) under its key
+    instance.create_run_for_job(
+        land_files_job, run_config=request.run_config, tags={"dagster/run_key": request.run_key}
+    )
+    assert not tick(instance, storage, first.cursor).run_requests  # requested, its run not ended: not again
+    run = land(instance, storage, request)
+    assert not run.success and (landing / "a-stuck.h5").exists()
+    (ingest,) = ingestion_requests(instance, instance.get_run_by_id(run.run_id))  # the other one goes on
+    assert ingest.tags["calotwin/file"] == "b-good.h5"
     monkeypatch.setattr(Landing, "process", process)
-    apply(instance, result)
-    again = tick(instance, storage, result.cursor)  # retried: the same bytes, so kept as a duplicate
-    assert not again.run_requests and not (landing / "a-stuck.h5").exists()
+    (again,) = tick(instance, storage, first.cursor).run_requests  # its run ended: requested again
+    assert entries(again) == ["a-stuck.h5"] and again.run_key != request.run_key
+    assert land(instance, storage, again).success and not (landing / "a-stuck.h5").exists()
 
 
-def test_a_tick_whose_result_was_lost_is_made_good_by_the_next(home, storage, instance, good_h5):
+def test_a_file_accepted_by_a_run_that_died_is_registered_by_the_next_run(home, storage, instance, good_h5):
     landing = home / "landing"
     landing.mkdir(parents=True)
     shutil.copy(good_h5, landing / "run.h5")
     (landing / "run.h5.done").touch()
     key = f"file-{sha12(good_h5)}"
-    lost = tick(instance, storage)  # it moved the file, then the daemon lost the result (a timeout, a crash) ...
-    assert lost.run_requests and not (landing / "run.h5").exists()
-    (home / "data" / "runs" / f"{key}.json").unlink()  # ... even before the run spec was written
-    again = tick(instance, storage)
-    (request,) = again.run_requests
-    assert request.partition_key == key and again.dynamic_partitions_requests[0].partition_keys == [key]
+    area = landing_area(storage, FAST)
+    (entry,) = area.scan()[0]
+    area.process(entry)  # a run moved the file, then died before it registered the partition or the spec
+    (request,) = tick(instance, storage).run_requests
+    assert request.run_key.startswith("land-recover-") and entries(request) == []
+    run = land(instance, storage, request)
+    assert run.success and instance.get_dynamic_partitions("simulation_runs") == [key]
     spec = json.loads((home / "data" / "runs" / f"{key}.json").read_text())
     assert spec["url"] == str(home / "data" / "landed" / key / "run.h5") and spec["sha256"].startswith(key[5:])
-    apply(instance, again)
-    assert not tick(instance, storage, again.cursor).run_requests
+    assert [r.partition_key for r in ingestion_requests(instance, instance.get_run_by_id(run.run_id))] == [key]
+    assert not tick(instance, storage).run_requests
 
 
 def register_champion(seed: int) -> str:
@@ -370,3 +418,94 @@ def test_the_default_instance_runs_one_training_at_a_time(home):
     ensure_dagster_home()
     ensure_dagster_home()
     assert config.read_text().count("concurrency:") == 1 and config.read_text().startswith(old.rstrip())
+
+
+def bad_files(landing: Path, good: bytes, tmp: Path) -> dict[str, str]:
+    """Ten bad entries of different kinds in ``landing``: {name: the check that refuses it}."""
+    grid = (15, 15, 12)
+    ones = {"energy": np.full(20, 50.0), "theta": np.full(20, 1.5)}
+
+    def raw(name: str, **data) -> None:
+        with h5py.File(landing / name, "w") as h5:
+            for key, value in {"ECAL": np.full((20, *grid), 1e-3, np.float32), **ones, **data}.items():
+                if value is not None:
+                    h5[key] = value
+
+    (landing / "empty.h5").write_bytes(b"")
+    (landing / "truncated.h5").write_bytes(good[: len(good) // 2])
+    (landing / "zip.h5").write_bytes(b"PK\x03\x04 a zip file")
+    (landing / "notes.txt").write_text("hello")
+    (landing / "a..b.h5").write_bytes(good)
+    raw("nan.h5", ECAL=np.where(np.arange(20)[:, None, None, None] == 3, np.nan, np.full((20, *grid), 1e-3)))
+    raw("keys.h5", ECAL=None, foo=np.ones(3))
+    raw("blank.h5", ECAL=np.zeros((20, *grid), np.float32))
+    raw("hot.h5", energy=np.full(20, 5000.0))
+    with h5py.File(tmp / "elsewhere.h5", "w") as h5:
+        h5["d"] = np.full((20, *grid), 1e-3, np.float32)
+    raw("virtual.h5", ECAL=None)
+    with h5py.File(landing / "virtual.h5", "a") as h5:
+        layout = h5py.VirtualLayout(shape=(20, *grid), dtype=np.float32)
+        layout[:] = h5py.VirtualSource(str(tmp / "elsewhere.h5"), "d", shape=(20, *grid))
+        h5.create_virtual_dataset("ECAL", layout)
+    return {
+        "empty.h5": "empty",
+        "truncated.h5": "unreadable",
+        "zip.h5": "unreadable",
+        "notes.txt": "unsupported_type",
+        "a..b.h5": "unsafe_name",
+        "nan.h5": "bad_content",
+        "keys.h5": "bad_content",
+        "blank.h5": "no_energy",
+        "hot.h5": "out_of_range",
+        "virtual.h5": "unsafe_hdf5",
+    }
+
+
+def test_fifty_files_at_once_land_exactly_once_intact_and_one_retraining_takes_them_all(
+    home, storage, instance, tmp_path
+):
+    landing = home / "landing"
+    landing.mkdir(parents=True)
+    good: dict[str, bytes] = {}
+    for i in range(35):  # 35 distinct good files, the first 5 dropped twice under another name
+        path = tmp_path / f"good-{i:02d}.h5"
+        write_hdf5(simulate(20, (10.0, 100.0), (60.0, 120.0), "e-", geometry=SMALL, seed=500 + i), str(path))
+        good[path.name] = path.read_bytes()
+        if i < 5:
+            good[f"copy-{i:02d}.h5"] = good[path.name]
+    for name, data in good.items():
+        (landing / name).write_bytes(data)
+    refused = bad_files(landing, good["good-00.h5"], tmp_path)
+    dropped = {p.name: p.read_bytes() for p in landing.iterdir()}
+    assert len(dropped) == 50
+
+    first = tick(instance, storage)
+    assert not first.run_requests
+    for request in tick(instance, storage, first.cursor).run_requests:
+        land(instance, storage, request)
+
+    assert sorted(p.name for p in landing.iterdir()) == []  # nothing stays in the landing area
+    accepted = {p.name: p.read_bytes() for p in (home / "data" / "landed").glob("*/*")}
+    sidecars = [json.loads(p.read_text()) for p in (home / "quarantine").glob("*.json")]
+    quarantined = {s["original_name"]: (s["check"], Path(s["url"]).read_bytes()) for s in sidecars}
+    assert len(accepted) + len(sidecars) == 50 and not set(accepted) & set(quarantined)  # each exactly once
+    assert accepted == good  # with its bytes intact
+    assert {name: check for name, (check, _) in quarantined.items()} == refused
+    assert all(data == dropped[name] for name, (_, data) in quarantined.items())
+    keys = {f"file-{hashlib.sha256(data).hexdigest()[:12]}" for data in good.values()}
+    assert set(instance.get_dynamic_partitions("simulation_runs")) == keys and len(keys) == 35
+
+    # every partition ingested once, then one retraining covers them all
+    requests = [r for run in instance.get_runs() for r in ingestion_requests(instance, run)]
+    assert sorted(r.partition_key for r in requests) == sorted(keys)
+    for request in requests:
+        dg.materialize(
+            [raw_showers, preprocessed_showers],
+            partition_key=request.partition_key,
+            instance=instance,
+            resources={"storage": storage},
+            run_config=QUIET,
+        )
+    assert set(instance.get_materialized_partitions(preprocessed_showers.key)) == keys
+    (retraining,) = retrain(instance, storage).run_requests
+    assert retraining.tags["calotwin/new_runs"] == ",".join(sorted(keys))[:200]

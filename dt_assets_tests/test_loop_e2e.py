@@ -54,7 +54,7 @@ TWIN = {
         },
     },
 }
-LOOP = ("ingest_runs", "train_flow", "validate_model", "promote_champion")
+LOOP = ("land_files", "ingest_runs", "train_flow", "validate_model", "promote_champion")
 DEADLINE_S = 600
 
 
@@ -118,7 +118,8 @@ def test_a_landed_file_is_ingested_retrained_validated_and_promoted_unattended(t
     for r in runs:  # the latencies, for the log (bench/loop.py measures them)
         times = ", ".join(f"{k} +{r[k + 'Time'] - first:5.1f} s" for k in ("creation", "start", "end"))
         print(f"{r['jobName']:<18} {times}")
-    ingest, train, validate, promote = runs
+    land, ingest, train, validate, promote = runs
+    assert land["tags"]["calotwin/files"] == batch.name and land["tags"]["calotwin/loop"] == "land"
     assert ingest["tags"]["dagster/partition"] == key and ingest["tags"]["calotwin/loop"] == "ingest"
     assert train["tags"]["calotwin/new_runs"] == key and train["tags"]["calotwin/warm_start"] == ""
     assert (
@@ -135,27 +136,39 @@ def test_a_landed_file_is_ingested_retrained_validated_and_promoted_unattended(t
     model = latest_metadata(port, "flow_model")
     assert model["partitions"] == key and model["run_id"] == train["runId"] and model["family"] == "flow"
 
-    # a bad file: quarantined with its reason, and nothing else changes
+    # a bad file and one whose ECAL is a virtual dataset (which crashed the reader, and so the sensor, before it
+    # was refused): both quarantined with their reasons by land_files, and nothing else changes
     bad = home / "landing" / "bad-nan.h5"
     shutil.copy(landed, tmp_path / "bad.h5")
     with h5py.File(tmp_path / "bad.h5", "r+") as h5:
         h5["ECAL"][7, 2, 2, 2] = np.inf
-    shutil.copy(tmp_path / "bad.h5", bad)
+    shutil.copy(landed, tmp_path / "virtual.h5")
+    with h5py.File(tmp_path / "virtual.h5", "r+") as h5:
+        shape = h5["ECAL"].shape
+        del h5["ECAL"]
+        layout = h5py.VirtualLayout(shape=shape, dtype=np.float32)
+        layout[:] = h5py.VirtualSource(str(tmp_path / "bad.h5"), "ECAL", shape=shape)
+        h5.create_virtual_dataset("ECAL", layout)
     before = [(r["runId"], r["status"]) for r in loop_runs(port)]
+    shutil.copy(tmp_path / "virtual.h5", home / "landing" / "virtual.h5")
+    shutil.copy(tmp_path / "bad.h5", bad)
     sidecars = wait_for(
-        "the bad file in quarantine",
-        lambda: list((home / "quarantine").glob("*-bad-nan.h5.json")),
+        "the bad files in quarantine",
+        lambda: len(found := list((home / "quarantine").glob("*.json"))) == 2 and found,
         120,
         server.log_path,
     )
-    sidecar = json.loads(sidecars[0].read_text())
-    assert sidecar["original_name"] == "bad-nan.h5" and "inf" in sidecar["reason"]
+    reasons = {(r := json.loads(p.read_text()))["original_name"]: r for p in sidecars}
+    assert reasons["virtual.h5"]["check"] == "unsafe_hdf5" and "virtual dataset" in reasons["virtual.h5"]["reason"]
+    sidecar = reasons["bad-nan.h5"]
+    assert "inf" in sidecar["reason"]
     assert Path(sidecar["url"]).read_bytes() == (tmp_path / "bad.h5").read_bytes()
     shown = wait_for(
         "the quarantine in the UI", lambda: latest_metadata(port, "quarantined_files"), 60, server.log_path
     )
-    assert shown["file"] == "bad-nan.h5" and "inf" in shown["reason"] and shown["check"] == "bad_content"
+    assert shown["file"] in ("bad-nan.h5", "virtual.h5") and shown["check"] in ("bad_content", "unsafe_hdf5")
     time.sleep(5)  # several ticks of every sensor
-    assert [(r["runId"], r["status"]) for r in loop_runs(port)] == before
+    new = [r for r in loop_runs(port) if (r["runId"], r["status"]) not in before]  # one run, or one per tick
+    assert new and {(r["jobName"], r["status"]) for r in new} == {("land_files", "SUCCESS")}
     assert partitions(port) == [key] and champion(home) == "1"
     assert not list((home / "landing").iterdir())

@@ -1,12 +1,8 @@
 """The self-driving loop: sensors and schedules that take new simulation data to a promotion decision.
 
-1. ``landing_sensor`` watches the landing area. A file whose size and mtime held still for one tick
-   (or that has a ``<name>.done`` marker) is checked completely: good files move to
-   ``data/landed/<file-key>/`` and become a partition of ``raw_showers`` (key from the checksum, so
-   the same bytes under any name are one partition) with an ``ingest_runs`` run; bad files move to
-   ``quarantine/`` with a JSON sidecar and a ``quarantined_files`` materialization naming the reason.
-   An accepted file whose partition was never recorded (the tick failed or timed out after moving it)
-   is registered by the next tick.
+1. The landing (:mod:`dt_assets.defs.landing`): ``landing_sensor`` lists the landing area and requests
+   ``land_files`` runs, which check, move and register the files; ``ingest_after_landing`` then
+   requests an ``ingest_runs`` run per new partition.
 2. ``retrain_sensor`` starts the training job of the loop's family (``train_flow`` by default, or
    ``train_gan``) when preprocessed runs of the loop's geometry exist that the latest model of that
    family was not trained on, warm-started from the champion when the champion is of that family. It
@@ -27,26 +23,21 @@ The loop's settings come from :mod:`dt_assets.defs.twin_settings`. Its sensors s
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import dagster as dg
 
 from resources import ModelRegistry, StorageResource
 
-from ..landing import Landing, Quarantined
 from ..model.registry import alias_version, version_uri
-from ..runs import FileSpec, file_spec, spec_from_dict
 from ..showers.store import open_store, sha256_json
-from .data import runs_table, simulation_runs
 from .jobs import TRAINING_JOBS, ingest_runs_job, promote_job, validate_model_job
+from .landing import LOOP_TAG, SETTINGS, land_files_job, landing_sensors, sensor_status
 from .model import TRAINING_ASSETS
-from .partitions import simulation_runs_partitions
 from .preprocess import preprocessed_showers
-from .twin_settings import TwinSettings, load_settings, loop_running_by_default
+from .twin_settings import TwinSettings
 from .validation import CHAMPION, validation_report
 
-LOOP_TAG = "calotwin/loop"
 MODEL_TAG = "calotwin/model_uri"
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
@@ -54,153 +45,6 @@ IN_PROGRESS = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 ]
-
-quarantined_files = dg.AssetSpec(
-    "quarantined_files",
-    group_name="data",
-    kinds={"json"},
-    description="Files the landing sensor refused. Each materialization names one file, the check it failed and "
-    "the reason, and where it now is: quarantine/<time>-<name>, with a .json sidecar. Nothing is deleted.",
-)
-
-SETTINGS: TwinSettings = load_settings()
-
-
-def _sensor_status() -> dg.DefaultSensorStatus:
-    return dg.DefaultSensorStatus.RUNNING if loop_running_by_default() else dg.DefaultSensorStatus.STOPPED
-
-
-def _landing(storage: StorageResource, settings: TwinSettings) -> Landing:
-    s = settings.landing
-    return Landing(
-        s.url or storage.landing_url(), storage.landed_url(), storage.quarantine_url(), storage.options(), s.checks()
-    )
-
-
-def _quarantine_event(item: Quarantined, total: int) -> dg.AssetMaterialization:
-    return dg.AssetMaterialization(
-        asset_key=quarantined_files.key,
-        description=f"{item.name!r} quarantined: {item.reason}",
-        metadata={
-            "file": dg.MetadataValue.text(item.name),
-            "check": item.check,
-            "reason": dg.MetadataValue.text(item.reason),
-            "quarantined_to": dg.MetadataValue.path(item.url),
-            "sidecar": dg.MetadataValue.path(item.sidecar_url),
-            "sha256": dg.MetadataValue.text(item.sha256 or "-"),
-            "bytes": item.size,
-            "files_in_quarantine": total,
-        },
-    )
-
-
-def _registered_event(specs: list[FileSpec], known: int) -> dg.AssetMaterialization:
-    """The landed files, recorded on ``simulation_runs`` like runs registered from the launchpad."""
-    rows = [{"run": spec.key, "kind": "file", "new": True, "description": spec.describe()} for spec in specs]
-    return dg.AssetMaterialization(
-        asset_key=simulation_runs.key,
-        description="registered by landing_sensor",
-        metadata={
-            "runs": runs_table(rows),
-            "new_runs": len(specs),
-            "registered_partitions": known + len(specs),
-            "source": "landing_sensor",
-        },
-    )
-
-
-def _unrecorded(
-    context: dg.SensorEvaluationContext, landing: Landing, storage: StorageResource, known: set[str]
-) -> list[tuple[FileSpec, str]]:
-    """Accepted files whose partition was never recorded: a tick that moved them and then failed, or
-    outlived the daemon's timeout. They are registered now, so nothing accepted is lost."""
-    found = []
-    for key in sorted(landing.landed_keys() - known):
-        spec_url = storage.run_spec_url(key)
-        try:
-            if storage.exists(spec_url):
-                spec = spec_from_dict(storage.read_json(spec_url))
-            else:
-                url = landing.landed_file(key)
-                if url is None:
-                    continue
-                checks = landing.checks
-                spec = file_spec(url, checks.geometry, checks.particle, storage.options())
-        except (OSError, ValueError) as exc:
-            context.log.error(f"accepted run {key} cannot be registered: {exc}")
-            continue
-        if isinstance(spec, FileSpec) and spec.key == key:
-            found.append((spec, spec.url.rsplit("/", 1)[-1]))
-    return found
-
-
-def landing_tick(
-    context: dg.SensorEvaluationContext, storage: StorageResource, settings: TwinSettings
-) -> dg.SensorResult:
-    """One look at the landing area (the body of ``landing_sensor``)."""
-    landing = _landing(storage, settings)
-    previous = json.loads(context.cursor)["settling"] if context.cursor else {}
-    ready, settling = landing.scan(previous)
-    known = set(context.instance.get_dynamic_partitions(simulation_runs_partitions.name))
-    registered = _unrecorded(context, landing, storage, known)
-    deadline = time.monotonic() + settings.landing.budget_seconds
-    quarantined: list[Quarantined] = []
-    for entry in ready:
-        if time.monotonic() > deadline:  # checked next tick, at once: it was stable
-            settling[entry.name] = [entry.size, entry.mtime]
-            continue
-        try:
-            outcome = landing.process(entry)
-        except FileNotFoundError:
-            context.log.info(f"{entry.name!r} left the landing area before it was checked")
-            continue
-        except OSError as exc:  # e.g. a permission problem moving it: the others go on, this one is retried
-            context.log.error(f"{entry.name!r} could not be checked or moved, retried next tick: {exc}")
-            settling[entry.name] = [entry.size, entry.mtime]
-            continue
-        if isinstance(outcome, Quarantined):
-            context.log.warning(f"quarantined {outcome.name!r} ({outcome.check}): {outcome.reason}")
-            quarantined.append(outcome)
-        elif outcome.key in known or any(spec.key == outcome.key for spec, _ in registered):
-            context.log.info(f"{outcome.name!r} holds the same bytes as run {outcome.key}: kept, not ingested twice")
-        else:
-            context.log.info(f"{outcome.name!r} accepted as run {outcome.key} ({outcome.n_events} events)")
-            registered.append((outcome.spec, outcome.name))
-    requests = []
-    for spec, name in registered:
-        if not storage.exists(storage.run_spec_url(spec.key)):
-            storage.write_json(storage.run_spec_url(spec.key), spec.to_dict())
-        tags = {LOOP_TAG: "ingest", "calotwin/file": name[:200]}
-        requests.append(dg.RunRequest(run_key=f"ingest-{spec.key}", partition_key=spec.key, tags=tags))
-    events = []
-    if quarantined:
-        total = len(landing.quarantined())
-        events += [_quarantine_event(item, total) for item in quarantined]
-    if registered:
-        events.append(_registered_event([spec for spec, _ in registered], len(known)))
-    cursor = json.dumps({"settling": settling}, sort_keys=True)
-    if not requests:
-        waiting = f"{len(settling)} file(s) still settling" if settling else "nothing new in the landing area"
-        # an AssetMaterialization needs no run: quarantine events are reported with a skip reason
-        return dg.SensorResult(skip_reason=waiting, cursor=cursor, asset_events=events)
-    return dg.SensorResult(
-        run_requests=requests,
-        dynamic_partitions_requests=[simulation_runs_partitions.build_add_request([s.key for s, _ in registered])],
-        asset_events=events,
-        cursor=cursor,
-    )
-
-
-@dg.sensor(
-    job=ingest_runs_job,
-    minimum_interval_seconds=SETTINGS.landing.min_interval_seconds,
-    default_status=_sensor_status(),
-    description="Watches the landing area for 3DGAN / CaloChallenge HDF5 files and zarr stores. Stable files "
-    "(size and mtime unchanged for one tick, or a .done marker) are checked completely: good ones become a "
-    "partition (key from the checksum) and an ingest_runs run; bad ones go to quarantine/ with the reason.",
-)
-def landing_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
-    return landing_tick(context, storage, SETTINGS)
 
 
 def _busy(instance: dg.DagsterInstance, job_name: str) -> list[dg.DagsterRun]:
@@ -238,7 +82,10 @@ def retrain_tick(
     """One look for data the latest model has not seen (the body of ``retrain_sensor``)."""
     instance = context.instance
     family = settings.retrain.family
-    busy_jobs = [(job.name, "a training") for job in TRAINING_JOBS.values()] + [(ingest_runs_job.name, "ingestion")]
+    busy_jobs = [(job.name, "a training") for job in TRAINING_JOBS.values()] + [
+        (land_files_job.name, "landing"),
+        (ingest_runs_job.name, "ingestion"),
+    ]
     for job_name, what in busy_jobs:
         if busy := _busy(instance, job_name):
             return dg.SkipReason(f"{what} is in progress (run {busy[0].run_id[:8]}); new data waits for it")
@@ -292,7 +139,7 @@ def retrain_tick(
 @dg.sensor(
     job=TRAINING_JOBS[SETTINGS.retrain.family],
     minimum_interval_seconds=SETTINGS.retrain.min_interval_seconds,
-    default_status=_sensor_status(),
+    default_status=sensor_status(),
     description="Retrains the loop's generator family (flow by default; warm-started from the champion when it is "
     "of that family) when preprocessed runs exist that its latest model was not trained on. Waits while ingestion "
     "or a training is in progress: data that lands meanwhile goes into the next retraining.",
@@ -334,7 +181,7 @@ def validation_request(
     run_status=dg.DagsterRunStatus.SUCCESS,
     monitored_jobs=list(TRAINING_JOBS.values()),
     request_job=validate_model_job,
-    default_status=_sensor_status(),
+    default_status=sensor_status(),
     minimum_interval_seconds=5,
     description="Validates every model version a successful train_flow or train_gan run registered.",
 )
@@ -365,7 +212,7 @@ def _promotion_sensor(status: dg.DagsterRunStatus, name: str, description: str) 
         run_status=status,
         monitored_jobs=[validate_model_job],
         request_job=promote_job,
-        default_status=_sensor_status(),
+        default_status=sensor_status(),
         minimum_interval_seconds=5,
         description=description,
     )
@@ -422,7 +269,7 @@ def weekly_full_retraining(context: dg.ScheduleEvaluationContext):
 
 
 loop_sensors: list[Any] = [
-    landing_sensor,
+    *landing_sensors,
     retrain_sensor,
     validate_after_training,
     promote_after_validation,

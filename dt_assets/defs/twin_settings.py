@@ -75,8 +75,9 @@ class LandingSettings(_Section):
 
     url: str = Field(default="", description="Landing folder or object-store prefix; empty: <storage>/landing.")
     min_interval_seconds: int = Field(default=30, ge=1, description="Seconds between two looks at the landing area.")
-    budget_seconds: float = Field(
-        default=20.0, gt=0, description="Checking time per tick; files beyond it wait for the next tick."
+    batch_size: int = Field(default=100, ge=1, description="Most files one land_files run checks.")
+    attempts: int = Field(
+        default=3, ge=1, description="land_files runs a file may take; one still in the landing area after them waits."
     )
     energy_range_gev: tuple[float, float] = Field(default=ENERGY_RANGE_GEV, description="Accepted primary energies.")
     theta_range_deg: tuple[float, float] = Field(default=THETA_RANGE_DEG, description="Accepted incidence angles.")
