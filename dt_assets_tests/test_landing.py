@@ -355,9 +355,20 @@ def test_temporary_hidden_and_marker_files_are_ignored_links_are_ready_at_once_u
 
     ready, observed = area.scan()
     assert [e.name for e in ready] == ["link.h5"] and ready[0].is_link
-    assert list(observed) == ["..sneaky.h5"]  # an unsafe name is quarantined once its upload is complete
+    # an unsafe name is quarantined once its upload is complete; temporary names are observed (to see their rename)
+    assert sorted(observed) == ["..sneaky.h5", "dl.h5.crdownload", "up.h5.part", "x.h5.TMP"]
     ready, _ = area.scan(observed)
     assert [e.name for e in ready] == ["..sneaky.h5", "link.h5"]
+
+
+def test_an_entry_renamed_from_a_temporary_name_the_last_scan_saw_is_ready_at_once(area, landing_dir):
+    (landing_dir / "run.h5.part").write_bytes(b"uploading")
+    (landing_dir / "other.h5").write_bytes(b"new")
+    _, observed = area.scan()
+    (landing_dir / "run.h5.part").rename(landing_dir / "run.h5")
+    (landing_dir / "fresh.h5").write_bytes(b"no temporary name seen")
+    ready, observed = area.scan(observed)
+    assert [e.name for e in ready] == ["other.h5", "run.h5"] and list(observed) == ["fresh.h5"]
 
 
 def test_symlink_inside_the_landing_area_is_quarantined_and_its_target_accepted(area, landing_dir, tmp_path, showers):
