@@ -15,7 +15,6 @@
    ``land_files`` run registered (keyed ``ingest-<file-key>``: once per partition).
 """
 
-
 import json
 from typing import Any
 
