@@ -9,7 +9,8 @@ Reading an untrusted file runs a lot of native code (HDF5, compressors) on bytes
 - a time limit: a child still running after ``timeout_s`` is killed.
 
 It returns what ``func`` returned (which must pickle), re-raises nothing the child raised (an exception in
-``func`` comes back as :class:`ChildError` with its type and message), and turns every way the child can
+``func`` comes back as :class:`ChildError` with its type and message), gives the child the caller's
+environment as it is at the call (object-store credentials, for one), and turns every way the child can
 die into :class:`ChildFailedError` with a ``check`` code and the exit status:
 
 - ``out_of_memory``: ``func`` raised ``MemoryError`` (the limit was hit), or the child was killed by SIGKILL
@@ -69,7 +70,8 @@ def run_isolated(func: Callable[..., Any], args: tuple, limits: Limits) -> Any:
     """``func(*args)`` run in a child process within ``limits`` (see the module docstring). ``func`` must be a
     module-level function (the child imports it by name)."""
     receive, send = _CONTEXT.Pipe(duplex=False)
-    child = _CONTEXT.Process(target=_child, args=(send, func, args, limits.memory_mb), daemon=True)
+    environment = dict(os.environ)  # the fork server keeps the environment it started with; the child gets ours
+    child = _CONTEXT.Process(target=_child, args=(send, func, args, limits.memory_mb, environment), daemon=True)
     child.start()
     send.close()
     try:
@@ -109,7 +111,9 @@ def _failure(exitcode: int | None, limits: Limits) -> ChildFailedError:
     return ChildFailedError("crashed", f"exited with status {exitcode} without an answer")
 
 
-def _child(send: Any, func: Callable[..., Any], args: tuple, memory_mb: int) -> None:
+def _child(send: Any, func: Callable[..., Any], args: tuple, memory_mb: int, environment: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(environment)  # e.g. object-store credentials set after the fork server started
     _limit_memory(memory_mb)
     try:
         outcome: tuple[str, Any] = ("ok", func(*args))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 
 import numpy as np
@@ -55,3 +56,13 @@ def test_a_child_that_dies_is_reported_with_how(func, args, limits, check, statu
 def test_an_exception_in_the_child_comes_back_by_type_and_message():
     with pytest.raises(ChildError, match="KeyError: 'no such key'"):
         run_isolated(fail, (), Limits())
+
+
+def variable(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_the_child_sees_the_callers_environment_at_the_call(monkeypatch):
+    run_isolated(answer, (1,), Limits())  # the fork server is up before the variable is set
+    monkeypatch.setenv("CALOTWIN_ISOLATION_PROBE", "set after the server started")
+    assert run_isolated(variable, ("CALOTWIN_ISOLATION_PROBE",), Limits()) == "set after the server started"
