@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import SMALL, register_untrained_generator
+from conftest import SMALL, bad_landing_files, register_untrained_generator
 from dt_assets import simulate
 from dt_assets.defs.data import raw_showers, simulation_runs
 from dt_assets.defs.landing import (
@@ -420,47 +420,6 @@ def test_the_default_instance_runs_one_training_at_a_time(home):
     assert config.read_text().count("concurrency:") == 1 and config.read_text().startswith(old.rstrip())
 
 
-def bad_files(landing: Path, good: bytes, tmp: Path) -> dict[str, str]:
-    """Ten bad entries of different kinds in ``landing``: {name: the check that refuses it}."""
-    grid = (15, 15, 12)
-    ones = {"energy": np.full(20, 50.0), "theta": np.full(20, 1.5)}
-
-    def raw(name: str, **data) -> None:
-        with h5py.File(landing / name, "w") as h5:
-            for key, value in {"ECAL": np.full((20, *grid), 1e-3, np.float32), **ones, **data}.items():
-                if value is not None:
-                    h5[key] = value
-
-    (landing / "empty.h5").write_bytes(b"")
-    (landing / "truncated.h5").write_bytes(good[: len(good) // 2])
-    (landing / "zip.h5").write_bytes(b"PK\x03\x04 a zip file")
-    (landing / "notes.txt").write_text("hello")
-    (landing / "a..b.h5").write_bytes(good)
-    raw("nan.h5", ECAL=np.where(np.arange(20)[:, None, None, None] == 3, np.nan, np.full((20, *grid), 1e-3)))
-    raw("keys.h5", ECAL=None, foo=np.ones(3))
-    raw("blank.h5", ECAL=np.zeros((20, *grid), np.float32))
-    raw("hot.h5", energy=np.full(20, 5000.0))
-    with h5py.File(tmp / "elsewhere.h5", "w") as h5:
-        h5["d"] = np.full((20, *grid), 1e-3, np.float32)
-    raw("virtual.h5", ECAL=None)
-    with h5py.File(landing / "virtual.h5", "a") as h5:
-        layout = h5py.VirtualLayout(shape=(20, *grid), dtype=np.float32)
-        layout[:] = h5py.VirtualSource(str(tmp / "elsewhere.h5"), "d", shape=(20, *grid))
-        h5.create_virtual_dataset("ECAL", layout)
-    return {
-        "empty.h5": "empty",
-        "truncated.h5": "unreadable",
-        "zip.h5": "unreadable",
-        "notes.txt": "unsupported_type",
-        "a..b.h5": "unsafe_name",
-        "nan.h5": "bad_content",
-        "keys.h5": "bad_content",
-        "blank.h5": "no_energy",
-        "hot.h5": "out_of_range",
-        "virtual.h5": "unsafe_hdf5",
-    }
-
-
 def test_fifty_files_at_once_land_exactly_once_intact_and_one_retraining_takes_them_all(
     home, storage, instance, tmp_path
 ):
@@ -475,7 +434,7 @@ def test_fifty_files_at_once_land_exactly_once_intact_and_one_retraining_takes_t
             good[f"copy-{i:02d}.h5"] = good[path.name]
     for name, data in good.items():
         (landing / name).write_bytes(data)
-    refused = bad_files(landing, good["good-00.h5"], tmp_path)
+    refused = bad_landing_files(landing, good["good-00.h5"], tmp_path)
     dropped = {p.name: p.read_bytes() for p in landing.iterdir()}
     assert len(dropped) == 50
 

@@ -21,7 +21,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import SMALL
+from conftest import SMALL, bad_landing_files
+from dt_assets import simulate, write_hdf5
 from dt_assets.home import DAGSTER_YAML, ensure_home
 from dt_assets.twin import (
     LOOP_SENSORS,
@@ -172,3 +173,51 @@ def test_a_landed_file_is_ingested_retrained_validated_and_promoted_unattended(t
     assert new and {(r["jobName"], r["status"]) for r in new} == {("land_files", "SUCCESS")}
     assert partitions(port) == [key] and champion(home) == "1"
     assert not list((home / "landing").iterdir())
+
+
+def test_fifty_files_dropped_at_once_land_exactly_once_and_intact_under_the_daemon(twin, tmp_path):
+    """40 good files (35 distinct, 5 twice) and 10 bad ones of different kinds, dropped at once while the loop runs:
+    each ends accepted or quarantined exactly once with its bytes intact, the new partitions are exactly the distinct
+    good checksums, nothing stays in the landing area, and one ingestion is requested per partition. (That one
+    retraining then covers them all is shown in-process by test_loop.py, where the 35 ingestions are quick.)"""
+    home, server = twin
+    port = server.port
+    landing = home / "landing"
+    good: dict[str, bytes] = {}
+    for i in range(35):
+        path = tmp_path / f"load-{i:02d}.h5"
+        write_hdf5(simulate(20, (10.0, 100.0), (60.0, 120.0), "e-", geometry=SMALL, seed=900 + i), str(path))
+        good[path.name] = path.read_bytes()
+        if i < 5:
+            good[f"load-copy-{i:02d}.h5"] = good[path.name]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    refused = bad_landing_files(staging, good["load-00.h5"], tmp_path)
+    for name, data in good.items():
+        (staging / name).write_bytes(data)
+    dropped = {p.name: p.read_bytes() for p in staging.iterdir()}
+    assert len(dropped) == 50
+    before = set(partitions(port))
+    runs_before = {r["runId"] for r in loop_runs(port)}
+    for path in staging.iterdir():  # a rename per file, as an uploader finishing its uploads
+        path.rename(landing / path.name)
+
+    wait_for("the landing area to drain", lambda: not list(landing.iterdir()), 240, server.log_path)
+    keys = {f"file-{hashlib.sha256(data).hexdigest()[:12]}" for data in good.values()}
+    wait_for("the new partitions", lambda: set(partitions(port)) == before | keys, 60, server.log_path)
+    accepted = {p.name: p.read_bytes() for p in (home / "data" / "landed").glob("*/load-*")}
+    assert accepted == good
+    sidecars = [json.loads(p.read_text()) for p in (home / "quarantine").glob("*.json")]
+    quarantined = [s for s in sidecars if s["original_name"] in refused]
+    assert sorted(s["original_name"] for s in quarantined) == sorted(refused)  # each exactly once
+    assert {s["original_name"]: s["check"] for s in quarantined} == refused
+    assert all(Path(s["url"]).read_bytes() == dropped[s["original_name"]] for s in quarantined)
+
+    def ingestions():
+        new = [r for r in loop_runs(port) if r["runId"] not in runs_before and r["jobName"] == "ingest_runs"]
+        return len(new) >= len(keys) and new
+
+    requested = wait_for("an ingestion per new partition", ingestions, 60, server.log_path)
+    assert sorted(r["tags"]["dagster/partition"] for r in requested) == sorted(keys)
+    lands = [r for r in loop_runs(port) if r["runId"] not in runs_before and r["jobName"] == "land_files"]
+    assert lands and all(r["status"] == "SUCCESS" for r in lands)
