@@ -152,7 +152,8 @@ def load() -> None:
 
         first_s, first = tick(None)
         ready_s, ready = tick(first.cursor)
-        n_requested = sum(len(r.run_config["ops"]["land_files"]["config"]["entries"]) for r in ready.run_requests)
+        ops = [r.run_config["ops"]["check_landed_files"] for r in ready.run_requests]
+        n_requested = sum(len(op["config"]["entries"]) for op in ops)
         for path in landing.iterdir():
             path.unlink()
 

@@ -93,6 +93,7 @@ def test_definitions_load_with_the_pinned_graph():
         assert graph.get(dg.AssetKey(partitioned)).partitions_def.name == "simulation_runs"
     assert {j.name for j in repo.get_all_jobs()} - {"__ASSET_JOB"} == {
         "register_runs",
+        "land_files",
         "ingest_runs",
         "train_gan",
         "train_flow",
@@ -110,6 +111,8 @@ def test_definitions_load_with_the_pinned_graph():
         for name in (
             "default_automation_condition_sensor",  # evaluates raw_showers' on_missing() condition
             "landing_sensor",
+            "ingest_after_landing",
+            "ingest_after_failed_landing",
             "retrain_sensor",
             "validate_after_training",
             "promote_after_validation",

@@ -87,7 +87,7 @@ def land(instance, storage, request: dg.RunRequest) -> dg.ExecuteInProcessResult
 
 
 def entries(request: dg.RunRequest) -> list[str]:
-    return [e["name"] for e in request.run_config["ops"]["land_files"]["config"]["entries"]]
+    return [e["name"] for e in request.run_config["ops"]["check_landed_files"]["config"]["entries"]]
 
 
 def test_the_landing_sensor_reads_no_file_and_its_run_registers_a_stable_file_once_under_its_checksum(

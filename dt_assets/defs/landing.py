@@ -169,18 +169,19 @@ def land(context: dg.OpExecutionContext, entries: list[Entry], storage: StorageR
 
 
 @dg.op(out={}, description="Check landed files completely, then accept (partition and run spec) or quarantine each.")
-def land_files(context: dg.OpExecutionContext, config: LandFilesConfig, storage: StorageResource):
+def check_landed_files(context: dg.OpExecutionContext, config: LandFilesConfig, storage: StorageResource):
     entries = [Entry(**entry.model_dump()) for entry in config.entries]
     yield from land(context, entries, storage, SETTINGS)
 
 
 @dg.job(
+    name="land_files",
     tags={LOOP_TAG: "land"},
     description="Check files from the landing area (each read in a child process with memory and time limits), "
     "move them to data/landed/ or quarantine/, and register the good ones as partitions of raw_showers.",
 )
 def land_files_job():
-    land_files()
+    check_landed_files()
 
 
 def sensor_status() -> dg.DefaultSensorStatus:
@@ -234,7 +235,7 @@ def landing_tick(context: dg.SensorEvaluationContext, settings: TwinSettings, la
         requests.append(
             dg.RunRequest(
                 run_key=run_key,
-                run_config={"ops": {"land_files": {"config": config}}},
+                run_config={"ops": {"check_landed_files": {"config": config}}},
                 tags={LOOP_TAG: "land", "calotwin/files": names[:200], "calotwin/n_files": str(len(batch))},
             )
         )
@@ -244,7 +245,7 @@ def landing_tick(context: dg.SensorEvaluationContext, settings: TwinSettings, la
             requests.append(
                 dg.RunRequest(
                     run_key=f"land-recover-{sha256_json(unrecorded, 16)}",
-                    run_config={"ops": {"land_files": {"config": {"entries": []}}}},
+                    run_config={"ops": {"check_landed_files": {"config": {"entries": []}}}},
                     tags={LOOP_TAG: "land", "calotwin/files": ",".join(unrecorded)[:200], "calotwin/n_files": "0"},
                 )
             )
