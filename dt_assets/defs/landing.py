@@ -194,6 +194,20 @@ def _finished(instance: dg.DagsterInstance, run_key: str) -> bool:
     return not runs or runs[0].is_finished
 
 
+IN_PROGRESS = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def _landing_in_progress(instance: dg.DagsterInstance) -> bool:
+    """Whether a ``land_files`` run is queued or running (its accepted files may not be recorded yet)."""
+    return bool(instance.get_runs(filters=dg.RunsFilter(job_name="land_files", statuses=IN_PROGRESS), limit=1))
+
+
 def landing_tick(context: dg.SensorEvaluationContext, settings: TwinSettings, landing: Landing) -> dg.SensorResult:
     """One look at the landing area (the body of ``landing_sensor``): lists it and requests ``land_files`` runs;
     reads no file."""
@@ -239,7 +253,8 @@ def landing_tick(context: dg.SensorEvaluationContext, settings: TwinSettings, la
                 tags={LOOP_TAG: "land", "calotwin/files": names[:200], "calotwin/n_files": str(len(batch))},
             )
         )
-    if not requests:  # files a run accepted but did not record (it died after moving them): a run registers them
+    if not requests and not kept and not _landing_in_progress(context.instance):
+        # files a run accepted but did not record (it died after moving them): a run registers them
         known = set(context.instance.get_dynamic_partitions(simulation_runs_partitions.name))
         if unrecorded := sorted(landing.landed_keys() - known):
             requests.append(
