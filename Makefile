@@ -10,7 +10,6 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 MLFLOW_PORT ?= 5000
 NOTEBOOK_PORT ?= 8888
-# the landing sensor reads whole files: give a tick 5 minutes instead of Dagster's 60 s
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo champion test lint format docs ui twin mlflow-ui notebook bench
