@@ -16,6 +16,7 @@
 """
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -194,8 +195,8 @@ def _finished(instance: dg.DagsterInstance, run_key: str) -> bool:
     return not runs or runs[0].is_finished
 
 
+#: a run in one of these is queued or running
 IN_PROGRESS = [
-    dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
@@ -203,9 +204,41 @@ IN_PROGRESS = [
 ]
 
 
+def busy(
+    instance: dg.DagsterInstance, job_name: str, statuses: list[dg.DagsterRunStatus] = IN_PROGRESS
+) -> list[dg.DagsterRun]:
+    """Runs of ``job_name`` in ``statuses`` (at most 10, newest first)."""
+    return list(instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=statuses), limit=10))
+
+
 def _landing_in_progress(instance: dg.DagsterInstance) -> bool:
-    """Whether a ``land_files`` run is queued or running (its accepted files may not be recorded yet)."""
-    return bool(instance.get_runs(filters=dg.RunsFilter(job_name="land_files", statuses=IN_PROGRESS), limit=1))
+    """Whether a ``land_files`` run is created, queued or running (its accepted files may not be recorded yet)."""
+    return bool(busy(instance, "land_files", [dg.DagsterRunStatus.NOT_STARTED, *IN_PROGRESS]))
+
+
+def on_run_status(
+    name: str,
+    status: dg.DagsterRunStatus,
+    monitored: dg.JobDefinition,
+    request_job: Any,
+    request: Callable[[dg.DagsterInstance, dg.DagsterRun], Any],
+    description: str,
+) -> dg.SensorDefinition:
+    """A loop sensor that answers each run of ``monitored`` ending in ``status`` with ``request(instance, run)``."""
+
+    @dg.run_status_sensor(
+        name=name,
+        run_status=status,
+        monitored_jobs=[monitored],
+        request_job=request_job,
+        default_status=sensor_status(),
+        minimum_interval_seconds=5,
+        description=description,
+    )
+    def sensor(context: dg.RunStatusSensorContext):
+        return request(context.instance, context.dagster_run)
+
+    return sensor
 
 
 def landing_tick(context: dg.SensorEvaluationContext, settings: TwinSettings, landing: Landing) -> dg.SensorResult:
@@ -324,23 +357,19 @@ def ingestion_requests(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list
     ]
 
 
-def _ingestion_sensor(status: dg.DagsterRunStatus, name: str) -> dg.SensorDefinition:
-    @dg.run_status_sensor(
-        name=name,
-        run_status=status,
-        monitored_jobs=[land_files_job],
-        request_job=ingest_runs_job,
-        default_status=sensor_status(),
-        minimum_interval_seconds=5,
-        description="Requests an ingest_runs run for every partition a land_files run registered "
-        f"({'a run that failed on some files registers the others' if status.value == 'FAILURE' else 'once each'}).",
+def _ingestion_sensor(status: dg.DagsterRunStatus, name: str, when: str) -> dg.SensorDefinition:
+    return on_run_status(
+        name,
+        status,
+        land_files_job,
+        ingest_runs_job,
+        ingestion_requests,
+        f"Requests an ingest_runs run for every partition a land_files run registered ({when}).",
     )
-    def sensor(context: dg.RunStatusSensorContext):
-        return ingestion_requests(context.instance, context.dagster_run)
-
-    return sensor
 
 
-ingest_after_landing = _ingestion_sensor(dg.DagsterRunStatus.SUCCESS, "ingest_after_landing")
-ingest_after_failed_landing = _ingestion_sensor(dg.DagsterRunStatus.FAILURE, "ingest_after_failed_landing")
+ingest_after_landing = _ingestion_sensor(dg.DagsterRunStatus.SUCCESS, "ingest_after_landing", "once each")
+ingest_after_failed_landing = _ingestion_sensor(
+    dg.DagsterRunStatus.FAILURE, "ingest_after_failed_landing", "a run that failed on some files registers the others"
+)
 landing_sensors = [landing_sensor, ingest_after_landing, ingest_after_failed_landing]

@@ -32,23 +32,13 @@ from resources import ModelRegistry, StorageResource
 from ..model.registry import alias_version, version_uri
 from ..showers.store import open_store, sha256_json
 from .jobs import TRAINING_JOBS, ingest_runs_job, promote_job, validate_model_job
-from .landing import LOOP_TAG, SETTINGS, land_files_job, landing_sensors, sensor_status
+from .landing import LOOP_TAG, SETTINGS, busy, land_files_job, landing_sensors, on_run_status, sensor_status
 from .model import TRAINING_ASSETS
 from .preprocess import preprocessed_showers
 from .twin_settings import TwinSettings
 from .validation import CHAMPION, validation_report
 
 MODEL_TAG = "calotwin/model_uri"
-IN_PROGRESS = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
-
-
-def _busy(instance: dg.DagsterInstance, job_name: str) -> list[dg.DagsterRun]:
-    return list(instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_PROGRESS), limit=10))
 
 
 def _geometry_of(
@@ -87,8 +77,8 @@ def retrain_tick(
         (ingest_runs_job.name, "ingestion"),
     ]
     for job_name, what in busy_jobs:
-        if busy := _busy(instance, job_name):
-            return dg.SkipReason(f"{what} is in progress (run {busy[0].run_id[:8]}); new data waits for it")
+        if running := busy(instance, job_name):
+            return dg.SkipReason(f"{what} is in progress (run {running[0].run_id[:8]}); new data waits for it")
     cache: dict[str, str] = json.loads(context.cursor)["geometry"] if context.cursor else {}
     done = instance.get_materialized_partitions(preprocessed_showers.key)
     runs = sorted(key for key in done if _geometry_of(context, storage, key, cache) == settings.geometry)
@@ -207,19 +197,14 @@ def promotion_request(
 
 
 def _promotion_sensor(status: dg.DagsterRunStatus, name: str, description: str) -> dg.SensorDefinition:
-    @dg.run_status_sensor(
-        name=name,
-        run_status=status,
-        monitored_jobs=[validate_model_job],
-        request_job=promote_job,
-        default_status=sensor_status(),
-        minimum_interval_seconds=5,
-        description=description,
+    return on_run_status(
+        name,
+        status,
+        validate_model_job,
+        promote_job,
+        lambda instance, run: promotion_request(instance, run, SETTINGS),
+        description,
     )
-    def sensor(context: dg.RunStatusSensorContext):
-        return promotion_request(context.instance, context.dagster_run, SETTINGS)
-
-    return sensor
 
 
 promote_after_validation = _promotion_sensor(
