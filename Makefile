@@ -10,6 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 MLFLOW_PORT ?= 5000
 NOTEBOOK_PORT ?= 8888
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo champion test lint format docs ui twin mlflow-ui notebook bench
@@ -33,8 +34,8 @@ demo: install ## Run the loop on embedded defaults and print a summary (data in 
 champion: install ## Train a generator for the default gates; validate, promote and export it if it passes (about 40 min)
 	$(PY) -m dt_assets.champion
 
-test: install ## Run the test suite
-	$(PY) -m pytest
+test: install ## Run the test suite on TEST_WORKERS (2) pytest-xdist workers, one test module per worker at a time
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

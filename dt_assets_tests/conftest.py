@@ -17,6 +17,31 @@ from dt_assets import simulate
 REPO = Path(__file__).resolve().parents[1]
 SMALL = "small_ecal_15x15x12"
 
+#: `make test` runs the suite on two pytest-xdist workers (``--dist loadgroup``). Each test module is one group, so a
+#: module fixture (a trained model) is built once; modules that share a session fixture or a service are one group.
+SHARED_GROUPS = {
+    "test_notebook": "demo",  # both use demo_home: one `make demo`
+    "test_readme_commands": "demo",
+    "test_compute": "slurm",  # the one-node Slurm: its jobs queue behind each other
+    "test_hpo": "slurm",
+    "test_slurm_cluster": "slurm",
+}
+#: the longest groups start first (with --no-loadscope-reorder the workers take groups in this order)
+FIRST_GROUPS = ("demo", "test_loop_e2e")
+
+
+def xdist_group(item: pytest.Item) -> str:
+    module = item.module.__name__.rpartition(".")[2] if item.module is not None else item.nodeid
+    return SHARED_GROUPS.get(module, module)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+    rank = {name: i for i, name in enumerate(FIRST_GROUPS)}
+    items.sort(key=lambda item: rank.get(xdist_group(item), len(rank)))  # stable: the rest keep their order
+
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
