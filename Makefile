@@ -35,7 +35,7 @@ champion: install ## Train a generator for the default gates; validate, promote 
 	$(PY) -m dt_assets.champion
 
 test: install ## Run the test suite on TEST_WORKERS (2) pytest-xdist workers, one test module per worker at a time
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import filelock
 import h5py
 import numpy as np
 import pytest
@@ -17,30 +18,22 @@ from dt_assets import simulate
 REPO = Path(__file__).resolve().parents[1]
 SMALL = "small_ecal_15x15x12"
 
-#: `make test` runs the suite on two pytest-xdist workers (``--dist loadgroup``). Each test module is one group, so a
-#: module fixture (a trained model) is built once; modules that share a session fixture or a service are one group.
-SHARED_GROUPS = {
-    "test_notebook": "demo",  # both use demo_home: one `make demo`
-    "test_readme_commands": "demo",
-    "test_compute": "slurm",  # the one-node Slurm: its jobs queue behind each other
-    "test_hpo": "slurm",
-    "test_slurm_cluster": "slurm",
-}
-#: the longest groups start first (with --no-loadscope-reorder the workers take groups in this order)
-FIRST_GROUPS = ("demo", "test_loop_e2e")
+#: `make test` runs the suite on two pytest-xdist workers (``--dist loadfile``: a module's tests run on one worker, so
+#: a module fixture such as a trained model is built once). The workers take the modules in this order: the longest
+#: first, and the demo's second user last, by when the first has made the demo (:func:`demo_home`).
+FIRST_MODULES = ("test_notebook", "test_loop_e2e")
+LAST_MODULES = ("test_readme_commands",)
 
 
-def xdist_group(item: pytest.Item) -> str:
-    module = item.module.__name__.rpartition(".")[2] if item.module is not None else item.nodeid
-    return SHARED_GROUPS.get(module, module)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
-    rank = {name: i for i, name in enumerate(FIRST_GROUPS)}
-    items.sort(key=lambda item: rank.get(xdist_group(item), len(rank)))  # stable: the rest keep their order
+    def rank(item: pytest.Item) -> int:
+        module = item.nodeid.partition("::")[0].rpartition("/")[2].removesuffix(".py")
+        if module in FIRST_MODULES:
+            return FIRST_MODULES.index(module)
+        return len(FIRST_MODULES) + 1 if module in LAST_MODULES else len(FIRST_MODULES)
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 @pytest.fixture
@@ -76,11 +69,20 @@ def make_env(home: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def demo_home(tmp_path_factory) -> tuple[Path, str]:
-    """A data home filled by `make demo` (run once per session: it takes minutes), and what the demo printed."""
-    home = tmp_path_factory.mktemp("demo") / "calotwin"
-    run = subprocess.run(["make", "demo"], cwd=REPO, env=make_env(home), capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return home, run.stdout
+    """A data home filled by `make demo`, and what the demo printed: made once per test run (it takes minutes), by
+    whichever pytest-xdist worker asks first; another waits for it and gets the same home."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's base folder, above each worker's own
+    folder = shared / "demo"
+    with filelock.FileLock(str(shared / "demo.lock")):
+        if not (folder / "stdout.txt").exists():
+            folder.mkdir(exist_ok=True)
+            env = make_env(folder / "calotwin")
+            run = subprocess.run(["make", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+            (folder / "stdout.txt").write_text(run.stdout)
+    return folder / "calotwin", (folder / "stdout.txt").read_text()
 
 
 def register_untrained_generator(alias: str = "challenger", seed: int = 0, name: str = "calotwin-generator") -> str:
