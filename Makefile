@@ -34,8 +34,9 @@ demo: install ## Run the loop on embedded defaults and print a summary (data in 
 champion: install ## Train a generator for the default gates; validate, promote and export it if it passes (about 40 min)
 	$(PY) -m dt_assets.champion
 
-test: install ## Run the test suite on TEST_WORKERS (2) pytest-xdist workers, one test module per worker at a time
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+# one thread per worker (OMP_NUM_THREADS=1): two workers of two threads each on two cores spin-wait for each other
+test: install ## Run the test suite on TEST_WORKERS (2) pytest-xdist workers of one thread, a test module per worker
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
