@@ -183,6 +183,8 @@ def test_fifty_files_dropped_at_once_land_exactly_once_and_intact_under_the_daem
     home, server = twin
     port = server.port
     landing = home / "landing"
+    # the waits below are upper bounds for a loaded machine (`make test` runs another module beside this one): the
+    # sensors request one ingestion per tick, and every run starts a process that imports torch
     good: dict[str, bytes] = {}
     for i in range(35):
         path = tmp_path / f"load-{i:02d}.h5"
@@ -203,9 +205,9 @@ def test_fifty_files_dropped_at_once_land_exactly_once_and_intact_under_the_daem
     for path in staging.iterdir():  # a rename per file, as an uploader finishing its uploads
         path.rename(landing / path.name)
 
-    wait_for("the landing area to drain", lambda: not list(landing.iterdir()), 240, server.log_path)
+    wait_for("the landing area to drain", lambda: not list(landing.iterdir()), 600, server.log_path)
     keys = {f"file-{hashlib.sha256(data).hexdigest()[:12]}" for data in good.values()}
-    wait_for("the new partitions", lambda: set(partitions(port)) == before | keys, 60, server.log_path)
+    wait_for("the new partitions", lambda: set(partitions(port)) == before | keys, 300, server.log_path)
     accepted = {p.name: p.read_bytes() for p in (home / "data" / "landed").glob("*/load-*")}
     assert accepted == good
     quarantined = [json.loads(p.read_text()) for p in set((home / "quarantine").glob("*.json")) - sidecars_before]
@@ -217,11 +219,11 @@ def test_fifty_files_dropped_at_once_land_exactly_once_and_intact_under_the_daem
         new = [r for r in loop_runs(port) if r["runId"] not in runs_before and r["jobName"] == "ingest_runs"]
         return len(new) >= len(keys) and new
 
-    requested = wait_for("an ingestion per new partition", ingestions, 60, server.log_path)
+    requested = wait_for("an ingestion per new partition", ingestions, 300, server.log_path)
     assert sorted(r["tags"]["dagster/partition"] for r in requested) == sorted(keys)
 
     def lands():
         found = [r for r in loop_runs(port) if r["runId"] not in runs_before and r["jobName"] == "land_files"]
         return found and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in found) and found
 
-    assert {r["status"] for r in wait_for("the land_files runs to end", lands, 60, server.log_path)} == {"SUCCESS"}
+    assert {r["status"] for r in wait_for("the land_files runs to end", lands, 300, server.log_path)} == {"SUCCESS"}

@@ -248,6 +248,14 @@ class FlowModelConfig(TrainingConfig):
     stage2_steps: int = Field(
         default=FlowTrainConfig.stage2_steps, ge=1, description="Midpoint steps of the shape flow's ODE at sampling."
     )
+    skewness: bool = Field(
+        default=FlowTrainConfig.skewness,
+        description="Stage 1 learns each layer's transverse skewness and the assembly gives it to the layer.",
+    )
+    anchor_lowest: bool = Field(
+        default=FlowTrainConfig.anchor_lowest,
+        description="A layer's lowest kept cell keeps the shape flow's energy instead of the threshold.",
+    )
 
     family: ClassVar[str] = "flow"
 
@@ -264,6 +272,8 @@ class FlowModelConfig(TrainingConfig):
             stage2_hidden=self.stage2_hidden,
             stage2_blocks=self.stage2_blocks,
             stage2_steps=self.stage2_steps,
+            skewness=self.skewness,
+            anchor_lowest=self.anchor_lowest,
         )
 
 
