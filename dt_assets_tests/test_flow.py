@@ -267,6 +267,7 @@ def test_learning_rate_warms_up_then_decays_to_zero():
         ({"ema_decay": 1.0}, r"ema_decay must lie in \[0, 1\)"),
         ({"stage2_hidden": 0}, "stage2_hidden must be a positive integer"),
         ({"batch_size": 1}, "batch_size must be >= 2"),
+        ({"skewness": 1}, "skewness must be true or false"),
     ],
 )
 def test_bad_flow_settings_are_named(kwargs, message):

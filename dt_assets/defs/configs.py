@@ -252,10 +252,6 @@ class FlowModelConfig(TrainingConfig):
         default=FlowTrainConfig.skewness,
         description="Stage 1 learns each layer's transverse skewness and the assembly gives it to the layer.",
     )
-    anchor_lowest: bool = Field(
-        default=FlowTrainConfig.anchor_lowest,
-        description="A layer's lowest kept cell keeps the shape flow's energy instead of the threshold.",
-    )
 
     family: ClassVar[str] = "flow"
 
@@ -273,7 +269,6 @@ class FlowModelConfig(TrainingConfig):
             stage2_blocks=self.stage2_blocks,
             stage2_steps=self.stage2_steps,
             skewness=self.skewness,
-            anchor_lowest=self.anchor_lowest,
         )
 
 

@@ -83,9 +83,6 @@ class FlowArchitecture:
     #: stage 1 also learns each layer's transverse skewness (x, y; stored as asinh), and the tilt adds a cubic term
     #: so that the assembled layers take it (stage 2 is not conditioned on it)
     skewness: bool = False
-    #: the lowest kept cell of a layer keeps stage 2's energy (at least the threshold, at most the layer's energy per
-    #: kept cell) instead of the threshold, so the spread exponent need not stretch stage 2's log energies
-    anchor_lowest: bool = False
     #: stage 2 models each layer's cells (one row of x*y cells per layer, the same field for every layer, given the
     #: layer's index and stage-1 numbers) instead of all cells at once
     stage2_per_layer: bool = True
@@ -434,18 +431,14 @@ class FlowGenerator(nn.Module):
         rank = torch.argsort(order, dim=1).float()
         keep = rank < count[:, None, :]
         n_kept = keep.sum(dim=1, keepdim=True).float()
-        # the kept cells' energies: b x exp(k (x - x_n)), x_n the lowest kept log energy, b the energy of that cell
-        # (the threshold, or with anchor_lowest stage 2's), k such that the layer sums to stage 1's energy; each
-        # cell's share of the energy above b follows
+        spare = layer_energy[:, None, :] - thr * n_kept
+        # the kept cells' energies: thr x exp(k (x - x_n)), x_n the lowest kept log energy (that cell gets the
+        # threshold), k such that the layer sums to stage 1's energy; each cell's share of the energy above the
+        # thresholds follows (an anchor at stage 2's own energy of that cell instead of the threshold changed
+        # nothing measurable: bench/README.md)
         lowest = torch.gather(torch.gather(cells, 1, order), 1, (count[:, None, :] - 1).clamp_min(0).long())
-        if a.anchor_lowest:
-            most = layer_energy[:, None, :] / n_kept.clamp_min(1)
-            base = torch.minimum(torch.exp(lowest).clamp_min(thr), most.clamp_min(thr))  # (B, 1, z)
-        else:
-            base = torch.full_like(n_kept, thr)
-        spare = layer_energy[:, None, :] - base * n_kept
         above = torch.where(keep, cells - lowest, torch.zeros_like(cells))  # >= 0 where kept
-        spread = _exponent_for_sum(above, keep, (spare / base).clamp_min(0))
+        spread = _exponent_for_sum(above, keep, (spare / thr).clamp_min(0))
         excess = torch.where(keep, torch.exp(spread * above) - 1, torch.zeros_like(cells))
         excess_sum = excess.sum(dim=1, keepdim=True)
         share = torch.where(excess_sum > 0, excess / excess_sum.clamp_min(1e-12), keep.float() / n_kept.clamp_min(1))
@@ -457,8 +450,8 @@ class FlowGenerator(nn.Module):
             skew = None
             if a.skewness:
                 skew = torch.sinh(stage1[:, 1 + 6 * n_z : 1 + 8 * n_z]).reshape(-1, 2, n_z)
-            share = self.tilt(share, keep, layer_energy, spare, n_kept, base, mean, width, skew)
-        energy = base + spare.clamp_min(0) * share
+            share = self.tilt(share, keep, layer_energy, spare, n_kept, mean, width, skew)
+        energy = thr + spare.clamp_min(0) * share
         energy = torch.where(keep, energy, torch.zeros_like(energy))
         return energy.reshape(-1, *a.grid)
 
@@ -469,18 +462,18 @@ class FlowGenerator(nn.Module):
         layer_energy: torch.Tensor,
         spare: torch.Tensor,
         n_kept: torch.Tensor,
-        base: torch.Tensor,
         mean: torch.Tensor,
         width: torch.Tensor,
         skew: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Shares of the spare energy (above each kept cell's ``base``) re-weighted per layer by
+        """Shares of the spare energy (above the kept cells' thresholds) re-weighted per layer by
         exp(sum over axes and powers k of c_k v^k), with v the cell coordinates standardised by the shares' own
         barycentre and width and k = 1, 2 (and 3 with ``skew``), the coefficients found by Newton's method (one
         k x k system per axis) so that the layer's barycentre, width (and skewness) become stage 1's ``mean``,
         ``width`` (and ``skew``) (B, 2, z; cell units). The tilt is bounded; a layer takes it in full where it brings
         the layer closer to the target by a tenth or more, in part where by less, and keeps its shares where it
         would not bring it closer, where it has fewer than two kept cells, or no spare energy."""
+        thr = self.arch.threshold_mev
         powers = 2 if skew is None else 3
         u = self.cell_xy.to(share.dtype)[None, :, :, None]  # (1, x*y, 2 axes, 1)
         kept = (keep[:, :, None, None, :] * torch.stack([u**k for k in range(1, powers + 1)], dim=3)).sum(dim=1)
@@ -489,8 +482,7 @@ class FlowGenerator(nn.Module):
         if skew is not None:
             targets.append(skew * width**3 + 3 * mean * width**2 + mean**3)
         target = torch.stack(targets, dim=2)
-        spare_part = layer_energy[:, None, None, :] * target - base[:, :, None, :] * kept
-        raw = spare_part / spare.clamp_min(1e-12)[:, :, None, :]
+        raw = (layer_energy[:, None, None, :] * target - thr * kept) / spare.clamp_min(1e-12)[:, :, None, :]
         # the coordinates standardised by the shares' own moments: a well-conditioned tilt
         p0 = share[:, :, None, :]  # (B, x*y, 1, z)
         mu = (p0 * u).sum(dim=1)  # (B, 2, z)

@@ -44,7 +44,7 @@ ARCHITECTURE_FIELDS = (
     "stage2_steps",
 )
 #: switches of the architecture's assembly a training config may set (FlowArchitecture's docs)
-ARCHITECTURE_SWITCHES = ("skewness", "anchor_lowest")
+ARCHITECTURE_SWITCHES = ("skewness",)
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,6 @@ class FlowTrainConfig:
     stage2_steps: int = 8
     #: stage 1 learns each layer's transverse skewness, and the assembly's tilt gives it to the layer
     skewness: bool = False
-    #: the lowest kept cell of a layer keeps stage 2's energy instead of the threshold
-    anchor_lowest: bool = False
 
     family = "flow"
 
