@@ -248,10 +248,6 @@ class FlowModelConfig(TrainingConfig):
     stage2_steps: int = Field(
         default=FlowTrainConfig.stage2_steps, ge=1, description="Midpoint steps of the shape flow's ODE at sampling."
     )
-    skewness: bool = Field(
-        default=FlowTrainConfig.skewness,
-        description="Stage 1 learns each layer's transverse skewness and the assembly gives it to the layer.",
-    )
 
     family: ClassVar[str] = "flow"
 
@@ -268,7 +264,6 @@ class FlowModelConfig(TrainingConfig):
             stage2_hidden=self.stage2_hidden,
             stage2_blocks=self.stage2_blocks,
             stage2_steps=self.stage2_steps,
-            skewness=self.skewness,
         )
 
 

@@ -55,10 +55,8 @@ WIDTH_FLOOR = 0.02
 #: per-layer numbers of stage 1 besides the moments: the log fraction and sqrt(occupancy); with the moments,
 #: 3 x this (barycentre x, y and log width x, y)
 LAYER_STATS = 2
-#: the largest linear, quadratic and cubic coefficients of the moment tilt (per standardised width)
-TILT_BOUNDS = (5.0, 2.5, 1.0)
-#: the largest change of each coefficient in one Newton step of the tilt
-TILT_STEPS = (0.5, 0.5, 0.2)
+#: the largest linear and quadratic coefficients of the moment tilt (per standardised width)
+TILT_BOUNDS = (5.0, 2.5)
 
 
 @dataclass(frozen=True)
@@ -80,9 +78,6 @@ class FlowArchitecture:
     #: stage 1 also learns each layer's transverse barycentre and width, stage 2 is conditioned on them and
     #: the assembled layers are tilted to stage 1's barycentres and widths
     moments: bool = True
-    #: stage 1 also learns each layer's transverse skewness (x, y; stored as asinh), and the tilt adds a cubic term
-    #: so that the assembled layers take it (stage 2 is not conditioned on it)
-    skewness: bool = False
     #: stage 2 models each layer's cells (one row of x*y cells per layer, the same field for every layer, given the
     #: layer's index and stage-1 numbers) instead of all cells at once
     stage2_per_layer: bool = True
@@ -100,8 +95,6 @@ class FlowArchitecture:
                 raise ValueError(f"flow architecture: {name} must be a positive integer, got {value!r}")
         if not self.threshold_mev > 0:
             raise ValueError(f"flow architecture: threshold_mev must be positive, got {self.threshold_mev!r}")
-        if self.skewness and not self.moments:
-            raise ValueError("flow architecture: skewness needs moments (the tilt matches skewness with the widths)")
 
     @property
     def n_layers(self) -> int:
@@ -112,20 +105,10 @@ class FlowArchitecture:
         return math.prod(self.grid)
 
     @property
-    def stage2_stats(self) -> int:
-        """Stage-1 numbers per layer that stage 2 is conditioned on: the log fraction, sqrt(occupancy) and
-        (``moments``) the barycentre and log width in x and y."""
-        return LAYER_STATS * (3 if self.moments else 1)
-
-    @property
-    def layer_stats(self) -> int:
-        """Stage-1 numbers per layer: stage 2's and (``skewness``) asinh of the skewness in x and y."""
-        return self.stage2_stats + (2 if self.skewness else 0)
-
-    @property
     def stage1_size(self) -> int:
-        """log(E_vis/E_p) and :attr:`layer_stats` numbers per layer."""
-        return 1 + self.layer_stats * self.n_layers
+        """log(E_vis/E_p), per layer a log fraction and sqrt(occupancy), and (``moments``) per layer the
+        barycentre and the log width in x and y."""
+        return 1 + (6 if self.moments else 2) * self.n_layers
 
     @property
     def noise_size(self) -> int:
@@ -200,7 +183,6 @@ class Observed:
     log_cells: torch.Tensor  # (B, x*y, z), log MeV where hit
     mean: torch.Tensor | None = None  # (B, 2, z), cell units
     width: torch.Tensor | None = None  # (B, 2, z), cell units
-    skew: torch.Tensor | None = None  # (B, 2, z), 0 where a layer has no width
 
 
 @dataclass
@@ -230,9 +212,9 @@ class FlowGenerator(nn.Module):
         a = self.arch
         self.stage1 = VelocityField(a.stage1_size, 2, a.stage1_hidden, a.stage1_blocks, a.time_features)
         if a.stage2_per_layer:  # a row of a layer's cells, given the conditions, the layer and its stage-1 numbers
-            size, condition = a.n_cells // a.n_layers, 2 + a.n_layers + 1 + a.stage2_stats
+            size, condition = a.n_cells // a.n_layers, 2 + a.n_layers + 1 + LAYER_STATS * (3 if a.moments else 1)
         else:
-            size, condition = a.n_cells, 2 + 1 + a.stage2_stats * a.n_layers
+            size, condition = a.n_cells, 2 + a.stage1_size
         self.stage2 = VelocityField(size, condition, a.stage2_hidden, a.stage2_blocks, a.time_features)
         # standardisation of both stages' data: fitted on training data by fit_standardisation; until then a
         # guess from the geometry (the response its sampling fraction gives, even layers, a few hits each)
@@ -295,10 +277,6 @@ class FlowGenerator(nn.Module):
             observed.mean = (weight[:, :, None, :] * xy).sum(dim=1)  # (B, 2, z)
             centred = xy - observed.mean[:, None]
             observed.width = (weight[:, :, None, :] * centred**2).sum(dim=1).clamp_min(0).sqrt()
-            if a.skewness:
-                third = (weight[:, :, None, :] * centred**3).sum(dim=1)
-                wide = observed.width > 1e-3
-                observed.skew = torch.where(wide, third / observed.width.clamp_min(1e-3) ** 3, torch.zeros_like(third))
         return observed
 
     def dequantise(self, observed: Observed, generator: torch.Generator | None = None) -> ShowerSummary:
@@ -321,11 +299,6 @@ class FlowGenerator(nn.Module):
             mean = torch.where(empty, 0.2 * (jitter - 0.5), observed.mean)  # empty layers: a little noise around 0
             width = torch.log(observed.width + WIDTH_FLOOR * (1 + jitter))
             parts += [mean.flatten(1), width.flatten(1)]
-            if self.arch.skewness:  # layers of fewer than two cells: a little noise around 0
-                narrow = (count < 2)[:, None, :]
-                noise = torch.rand(observed.skew.shape, generator=generator, device=layer.device)
-                skew = torch.where(narrow, 0.2 * (noise - 0.5), torch.asinh(observed.skew))
-                parts.append(skew.flatten(1))
         return torch.cat(parts, dim=1)
 
     def cell_data(self, observed: Observed, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -374,10 +347,10 @@ class FlowGenerator(nn.Module):
     def stage2_condition(self, conditions: torch.Tensor, stage1: torch.Tensor) -> torch.Tensor:
         """Stage 2's condition: [conditions, standardised stage 1] per shower, or per layer row the conditions,
         the layer (one-hot), log(E_vis/E_p) and the layer's stage-1 numbers (fraction, occupancy, moments)."""
-        n_z, n_stats = self.arch.n_layers, self.arch.stage2_stats
-        stage1 = stage1[:, : 1 + n_stats * n_z]
         if not self.arch.stage2_per_layer:
             return torch.cat([conditions, stage1], dim=1)
+        n_z = self.arch.n_layers
+        n_stats = (stage1.shape[1] - 1) // n_z
         per_layer = stage1[:, 1:].reshape(-1, n_stats, n_z).transpose(1, 2)  # (B, z, stats)
         rows = torch.zeros_like(per_layer[:, :, :1])  # (B, z, 1): broadcasts the rest along the batch
         layer = torch.eye(n_z, device=stage1.device, dtype=stage1.dtype)[None] + rows
@@ -434,8 +407,7 @@ class FlowGenerator(nn.Module):
         spare = layer_energy[:, None, :] - thr * n_kept
         # the kept cells' energies: thr x exp(k (x - x_n)), x_n the lowest kept log energy (that cell gets the
         # threshold), k such that the layer sums to stage 1's energy; each cell's share of the energy above the
-        # thresholds follows (an anchor at stage 2's own energy of that cell instead of the threshold changed
-        # nothing measurable: bench/README.md)
+        # thresholds follows
         lowest = torch.gather(torch.gather(cells, 1, order), 1, (count[:, None, :] - 1).clamp_min(0).long())
         above = torch.where(keep, cells - lowest, torch.zeros_like(cells))  # >= 0 where kept
         spread = _exponent_for_sum(above, keep, (spare / thr).clamp_min(0))
@@ -447,10 +419,7 @@ class FlowGenerator(nn.Module):
             width = (
                 (torch.exp(stage1[:, 1 + 4 * n_z : 1 + 6 * n_z]) - 1.5 * WIDTH_FLOOR).clamp_min(0).reshape(-1, 2, n_z)
             )
-            skew = None
-            if a.skewness:
-                skew = torch.sinh(stage1[:, 1 + 6 * n_z : 1 + 8 * n_z]).reshape(-1, 2, n_z)
-            share = self.tilt(share, keep, layer_energy, spare, n_kept, mean, width, skew)
+            share = self.tilt(share, keep, layer_energy, spare, n_kept, mean, width)
         energy = thr + spare.clamp_min(0) * share
         energy = torch.where(keep, energy, torch.zeros_like(energy))
         return energy.reshape(-1, *a.grid)
@@ -464,56 +433,44 @@ class FlowGenerator(nn.Module):
         n_kept: torch.Tensor,
         mean: torch.Tensor,
         width: torch.Tensor,
-        skew: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Shares of the spare energy (above the kept cells' thresholds) re-weighted per layer by
-        exp(sum over axes and powers k of c_k v^k), with v the cell coordinates standardised by the shares' own
-        barycentre and width and k = 1, 2 (and 3 with ``skew``), the coefficients found by Newton's method (one
-        k x k system per axis) so that the layer's barycentre, width (and skewness) become stage 1's ``mean``,
-        ``width`` (and ``skew``) (B, 2, z; cell units). The tilt is bounded; a layer takes it in full where it brings
-        the layer closer to the target by a tenth or more, in part where by less, and keeps its shares where it
-        would not bring it closer, where it has fewer than two kept cells, or no spare energy."""
+        """Shares of the spare energy re-weighted per layer by exp(a_x v_x + b_x v_x^2 + a_y v_y + b_y v_y^2), with
+        v the cell coordinates standardised by the shares' own barycentre and width, the four found by Newton's
+        method (each axis a 2 x 2 system) so that the layer's barycentre and width become stage 1's ``mean`` and
+        ``width`` (B, 2, z; cell units). The tilt is bounded; a layer takes it in full where it brings the layer
+        closer to the target by a tenth or more, in part where by less, and keeps its shares where it would not
+        bring it closer, where it has fewer than two kept cells, or no spare energy."""
         thr = self.arch.threshold_mev
-        powers = 2 if skew is None else 3
         u = self.cell_xy.to(share.dtype)[None, :, :, None]  # (1, x*y, 2 axes, 1)
-        kept = (keep[:, :, None, None, :] * torch.stack([u**k for k in range(1, powers + 1)], dim=3)).sum(dim=1)
-        # the raw moments the spare part must have for the whole layer to have the target's: (B, 2 axes, powers, z)
-        targets = [mean, width**2 + mean**2]
-        if skew is not None:
-            targets.append(skew * width**3 + 3 * mean * width**2 + mean**3)
-        target = torch.stack(targets, dim=2)
+        kept = (keep[:, :, None, None, :] * torch.stack([u, u**2], dim=3)).sum(dim=1)  # (B, 2, 2, z)
+        # the raw moments the spare part must have for the whole layer to have the target's
+        target = torch.stack([mean, width**2 + mean**2], dim=2)  # (B, 2 axes, 2, z)
         raw = (layer_energy[:, None, None, :] * target - thr * kept) / spare.clamp_min(1e-12)[:, :, None, :]
         # the coordinates standardised by the shares' own moments: a well-conditioned tilt
         p0 = share[:, :, None, :]  # (B, x*y, 1, z)
         mu = (p0 * u).sum(dim=1)  # (B, 2, z)
         sigma = ((p0 * (u - mu[:, None]) ** 2).sum(dim=1)).sqrt().clamp_min(0.3)
         v = (u - mu[:, None]) / sigma[:, None]  # (B, x*y, 2, z)
-        stats = torch.stack([v**k for k in range(1, powers + 1)], dim=3)  # (B, x*y, 2, powers, z)
+        stats = torch.stack([v, v**2], dim=3)  # (B, x*y, 2, 2, z)
         m1, m2 = raw[:, :, 0], raw[:, :, 1]
         g1 = (m1 - mu) / sigma
         g2 = (m2 - 2 * mu * m1 + mu**2) / sigma**2
-        goals = [g1, torch.maximum(g2, g1 * g1 + 1e-3)]
-        if skew is not None:
-            m3 = raw[:, :, 2]
-            goals.append(((m3 - 3 * mu * m2 + 3 * mu**2 * m1 - mu**3) / sigma**3).clamp(-20.0, 20.0))
-        goal = torch.stack(goals, dim=2)  # (B, 2, powers, z)
+        goal = torch.stack([g1, torch.maximum(g2, g1 * g1 + 1e-3)], dim=2)  # (B, 2, 2, z)
         base = torch.where(keep, torch.log(share.clamp_min(1e-30)), torch.full_like(share, -1e30))
         theta = torch.zeros_like(goal)
-        bound = torch.tensor(TILT_BOUNDS[:powers], device=share.device, dtype=share.dtype)[None, None, :, None]
-        limit = torch.tensor(TILT_STEPS[:powers], device=share.device, dtype=share.dtype)[None, None, :, None]
+        bound = torch.tensor(TILT_BOUNDS, device=share.device, dtype=share.dtype)[None, None, :, None]
         for _ in range(self.arch.tilt_iterations):
             p = torch.softmax(base + (theta[:, None] * stats).sum(dim=(2, 3)), dim=1)[:, :, None, None, :]
-            expected = (p * stats).sum(dim=1)  # (B, 2, powers, z)
-            d = stats - expected[:, None]  # (B, x*y, 2, powers, z)
+            expected = (p * stats).sum(dim=1)  # (B, 2, 2, z)
+            d = stats - expected[:, None]  # (B, x*y, 2, 2, z)
             q = p[:, :, :, 0]  # (B, x*y, 1, z)
-            # the covariance of the statistics, damped (Levenberg-Marquardt): (B, 2, z) per entry
-            cov = [
-                [(q * d[:, :, :, i] * d[:, :, :, j]).sum(dim=1) + (0.05 if i == j else 0.0) for j in range(powers)]
-                for i in range(powers)
-            ]
-            step = _solve_symmetric(cov, [goal[:, :, i] - expected[:, :, i] for i in range(powers)])
-            step = torch.maximum(torch.minimum(step, limit), -limit)
-            theta = torch.maximum(torch.minimum(theta + step, bound), -bound)
+            c11 = (q * d[:, :, :, 0] ** 2).sum(dim=1) + 0.05  # (B, 2, z); damped (Levenberg-Marquardt)
+            c22 = (q * d[:, :, :, 1] ** 2).sum(dim=1) + 0.05
+            c12 = (q * d[:, :, :, 0] * d[:, :, :, 1]).sum(dim=1)
+            r1, r2 = goal[:, :, 0] - expected[:, :, 0], goal[:, :, 1] - expected[:, :, 1]
+            det = (c11 * c22 - c12 * c12).clamp_min(1e-9)
+            step = torch.stack([(c22 * r1 - c12 * r2) / det, (c11 * r2 - c12 * r1) / det], dim=2)
+            theta = torch.maximum(torch.minimum(theta + step.clamp(-0.5, 0.5), bound), -bound)
         tilted = torch.softmax(base + (theta[:, None] * stats).sum(dim=(2, 3)), dim=1)
 
         def miss(q: torch.Tensor) -> torch.Tensor:  # distance of the standardised moments from the goal
@@ -544,25 +501,6 @@ def _exponent_for_sum(
         slope = (above * e).sum(dim=1, keepdim=True).clamp_min(1e-9)
         k = (k - value / slope).clamp(0.0, 10.0)
     return k
-
-
-def _solve_symmetric(c: list[list[torch.Tensor]], r: list[torch.Tensor]) -> torch.Tensor:
-    """x with C x = r for a symmetric 2 x 2 or 3 x 3 system given entry by entry (tensors of one shape), by Cramer's
-    rule (traceable: exports to ONNX); the solutions stacked on dimension 2."""
-    if len(r) == 2:
-        det = (c[0][0] * c[1][1] - c[0][1] * c[0][1]).clamp_min(1e-9)
-        return torch.stack([(c[1][1] * r[0] - c[0][1] * r[1]) / det, (c[0][0] * r[1] - c[0][1] * r[0]) / det], dim=2)
-
-    def det3(m: list[list[torch.Tensor]]) -> torch.Tensor:
-        return (
-            m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
-        )
-
-    det = det3(c).clamp_min(1e-9)  # positive: a damped covariance
-    columns = [[[r[i] if j == k else c[i][j] for j in range(3)] for i in range(3)] for k in range(3)]
-    return torch.stack([det3(m) / det for m in columns], dim=2)
 
 
 def flow_matching_loss(

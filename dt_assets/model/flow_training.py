@@ -43,8 +43,6 @@ ARCHITECTURE_FIELDS = (
     "stage1_steps",
     "stage2_steps",
 )
-#: switches of the architecture's assembly a training config may set (FlowArchitecture's docs)
-ARCHITECTURE_SWITCHES = ("skewness",)
 
 
 @dataclass(frozen=True)
@@ -71,8 +69,6 @@ class FlowTrainConfig:
     #: 8 midpoint steps: on the 45-minute bench model (bench/README), 16 gave AUC 0.781, FPD 0.0032 and 8 gave
     #: 0.783, 0.0034 (the same within the bootstrap), 4 gave 0.799, 0.012; 8 generates 1.6x faster than 16
     stage2_steps: int = 8
-    #: stage 1 learns each layer's transverse skewness, and the assembly's tilt gives it to the layer
-    skewness: bool = False
 
     family = "flow"
 
@@ -90,14 +86,11 @@ class FlowTrainConfig:
             raise ValueError("weight_decay and warmup_steps must be >= 0 and grad_clip positive")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
-        for name in ARCHITECTURE_SWITCHES:
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ValueError(f"max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch!r}")
 
-    def architecture(self) -> dict[str, int | bool]:
-        return {name: getattr(self, name) for name in (*ARCHITECTURE_FIELDS, *ARCHITECTURE_SWITCHES)}
+    def architecture(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in ARCHITECTURE_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
