@@ -231,7 +231,8 @@ def flow_fidelity(geometry, device, minutes: float, n_train: int, n_test: int, b
         lr = config.lr * min(1.0, (steps + 1) / config.warmup_steps) * 0.5 * (1 + np.cos(np.pi * progress))
         update("stage2", cells, condition, lr)
         for _ in range(config.stage1_updates):
-            update("stage1", model.standardised_stage1(model.stage1_data(observed, noise)), observed.conditions, lr)
+            stage1 = model.standardised_stage1(model.stage1_data(observed, noise), observed.conditions)
+            update("stage1", stage1, observed.conditions, lr)
         steps += 1
         decay = min(config.ema_decay, (1 + steps) / (10 + steps))
         with torch.no_grad():

@@ -3,7 +3,8 @@
 Stage 1, the shower's summary: a flow over ``1 + 6 n_layers`` numbers given the conditions
 (log E_p/100 GeV, theta - pi/2): log(E_vis / E_p), and per layer the log energy fraction, the square
 root of the number of cells above threshold, the transverse barycentre (x, y) and the log width
-(x, y), in cell units. Stage 2, the shapes: a flow over the log energies of one layer's cells (a row
+(x, y), in cell units; the barycentres relative to the shower axis, a fit against the conditions
+(``axis_barycentres``). Stage 2, the shapes: a flow over the log energies of one layer's cells (a row
 of n_x * n_y), the same field for every layer, given the conditions, log(E_vis / E_p), the layer
 (one-hot) and the layer's stage-1 numbers. (``stage2_per_layer=False`` models all cells at once,
 given the whole summary; on the small preset it learned less per CPU-minute: ``bench/fidelity.py``.)
@@ -83,6 +84,12 @@ class FlowArchitecture:
     stage2_per_layer: bool = True
     #: Newton iterations of the moment tilt at assembly
     tilt_iterations: int = 10
+    #: (with ``moments``) stage 1 stores each layer's barycentre relative to the shower axis: a least-squares fit,
+    #: on the training showers, of the barycentres against the conditions (:func:`axis_features`), subtracted before
+    #: the standardisation. Over 60-120 degrees the first layers' barycentres drift by about 1.7 cells while at 90
+    #: degrees they fluctuate by 0.01-0.02 cells; standardised over all angles, stage 1 spread them about 3x too wide
+    #: (bench/README.md). Models saved before this field load with it off.
+    axis_barycentres: bool = True
 
     def __post_init__(self) -> None:
         for name in ("stage1_hidden", "stage1_blocks", "stage2_hidden", "stage2_blocks", "time_features"):
@@ -124,7 +131,19 @@ class FlowArchitecture:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"flow architecture: unknown key(s) {unknown}")
-        return cls(**{**d, "grid": tuple(d["grid"])})
+        return cls(**{"axis_barycentres": False, **d, "grid": tuple(d["grid"])})
+
+
+def axis_features(conditions: torch.Tensor) -> torch.Tensor:
+    """The terms the layers' barycentres are fitted on (``axis_barycentres``): with u = theta - pi/2 and
+    e = log(E_p / 100 GeV), (1, u, u^2, u^3, u e, u e^2); the drift with depth grows with the angle, and the depth of
+    the shower (so the drift within a layer) with the energy. ``conditions`` as :meth:`FlowGenerator.conditions`."""
+    e, u = conditions[:, :1], conditions[:, 1:2]
+    return torch.cat([torch.ones_like(u), u, u**2, u**3, u * e, u * e**2], dim=1)
+
+
+#: how many terms :func:`axis_features` has
+AXIS_FEATURES = 6
 
 
 def flow_architecture_for(geometry: Geometry, **sizes) -> FlowArchitecture:
@@ -227,6 +246,8 @@ class FlowGenerator(nn.Module):
         std[0] = 0.1
         self.register_buffer("stage1_mean", mean)
         self.register_buffer("stage1_std", std)
+        if a.moments and a.axis_barycentres:  # barycentres (x, y per layer) as linear in axis_features; 0 until fitted
+            self.register_buffer("axis_coef", torch.zeros(AXIS_FEATURES, 2 * n_z))
         self.register_buffer("cells_mean", torch.full((a.n_cells,), math.log(a.threshold_mev) - a.zero_gap))
         self.register_buffer("cells_std", torch.ones(a.n_cells))
         # transverse cell coordinates within a layer (cell units from the grid's centre), in reshape order
@@ -313,18 +334,45 @@ class FlowGenerator(nn.Module):
 
     @torch.no_grad()
     def fit_standardisation(self, summary: ShowerSummary) -> None:
-        """Set the standardisation (per variable, per cell) from a (large) summary of training showers."""
-        for name, values in (("stage1", summary.stage1), ("cells", summary.cells)):
+        """Set the standardisation (per variable, per cell) from a (large) summary of training showers, and with
+        ``axis_barycentres`` first the barycentres' fit against the conditions."""
+        if hasattr(self, "axis_coef"):
+            x = axis_features(summary.conditions).double()
+            y = summary.stage1[:, self._barycentres].double()
+            self.axis_coef.copy_(torch.linalg.lstsq(x, y).solution.float())
+        stage1 = self._axis_relative(summary.stage1, summary.conditions, -1.0)
+        for name, values in (("stage1", stage1), ("cells", summary.cells)):
             getattr(self, f"{name}_mean").copy_(values.mean(dim=0))
             getattr(self, f"{name}_std").copy_(values.std(dim=0).clamp_min(1e-3))
 
-    def standardised_stage1(self, stage1: torch.Tensor) -> torch.Tensor:
-        return (stage1 - self.stage1_mean) / self.stage1_std
+    def standardised_stage1(self, stage1: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """Stage 1's data (:meth:`stage1_data`) as its flow learns it: barycentres relative to the axis (with
+        ``axis_barycentres``), every variable standardised."""
+        return (self._axis_relative(stage1, conditions, -1.0) - self.stage1_mean) / self.stage1_std
+
+    def stage1_values(self, standardised: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`standardised_stage1`: stage 1's numbers in their own units."""
+        return self._axis_relative(standardised * self.stage1_std + self.stage1_mean, conditions, 1.0)
+
+    @property
+    def _barycentres(self) -> slice:
+        n_z = self.arch.n_layers
+        return slice(1 + 2 * n_z, 1 + 4 * n_z)
+
+    def _axis_relative(self, stage1: torch.Tensor, conditions: torch.Tensor, sign: float) -> torch.Tensor:
+        """``stage1`` with ``sign`` x the fitted axis added to its barycentres (unchanged without ``axis_coef``)."""
+        if not hasattr(self, "axis_coef"):
+            return stage1
+        axis = axis_features(conditions).to(stage1.dtype) @ self.axis_coef.to(stage1.dtype)
+        n_z = self.arch.n_layers
+        return torch.cat(
+            [stage1[:, : 1 + 2 * n_z], stage1[:, self._barycentres] + sign * axis, stage1[:, 1 + 4 * n_z :]], 1
+        )
 
     def targets(self, summary: ShowerSummary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(stage-1 data, stage-2 data, stage-2 condition), standardised, the stage-2 ones as its field takes
         them (one row per layer with ``stage2_per_layer``)."""
-        stage1 = self.standardised_stage1(summary.stage1)
+        stage1 = self.standardised_stage1(summary.stage1, summary.conditions)
         cells = (summary.cells - self.cells_mean) / self.cells_std
         return stage1, self.stage2_rows(cells), self.stage2_condition(summary.conditions, stage1)
 
@@ -384,7 +432,7 @@ class FlowGenerator(nn.Module):
         )
         log_cells = self.stage2_cells(rows)
         return self.assemble(
-            stage1 * self.stage1_std + self.stage1_mean, log_cells * self.cells_std + self.cells_mean, energy_gev
+            self.stage1_values(stage1, conditions), log_cells * self.cells_std + self.cells_mean, energy_gev
         )
 
     def assemble(self, stage1: torch.Tensor, log_cells: torch.Tensor, energy_gev: torch.Tensor) -> torch.Tensor:

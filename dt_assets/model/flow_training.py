@@ -175,7 +175,7 @@ class FlowRecipe:
         loss2 = self._update("stage2", cells, condition, lr)
         loss1 = 0.0
         for _ in range(self.config.stage1_updates):
-            stage1 = self.model.standardised_stage1(self.model.stage1_data(observed, self.noise))
+            stage1 = self.model.standardised_stage1(self.model.stage1_data(observed, self.noise), observed.conditions)
             loss1 += self._update("stage1", stage1, observed.conditions, lr) / self.config.stage1_updates
         self.step_count += 1
         decay = min(self.config.ema_decay, (1 + self.step_count) / (10 + self.step_count))
