@@ -394,7 +394,13 @@ class FlowGenerator(nn.Module):
 
     def stage2_condition(self, conditions: torch.Tensor, stage1: torch.Tensor) -> torch.Tensor:
         """Stage 2's condition: [conditions, standardised stage 1] per shower, or per layer row the conditions,
-        the layer (one-hot), log(E_vis/E_p) and the layer's stage-1 numbers (fraction, occupancy, moments)."""
+        the layer (one-hot), log(E_vis/E_p) and the layer's stage-1 numbers (fraction, occupancy, moments). With
+        ``axis_barycentres`` the barycentres it is given are where the layer's energy lies, in cells (the axis added
+        back): a shape field given only the fluctuation about the axis must learn the drift with angle itself."""
+        if hasattr(self, "axis_coef"):
+            n_z = self.arch.n_layers
+            where = self.stage1_values(stage1, conditions)[:, self._barycentres]
+            stage1 = torch.cat([stage1[:, : 1 + 2 * n_z], where, stage1[:, 1 + 4 * n_z :]], dim=1)
         if not self.arch.stage2_per_layer:
             return torch.cat([conditions, stage1], dim=1)
         n_z = self.arch.n_layers
