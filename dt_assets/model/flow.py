@@ -364,10 +364,12 @@ class FlowGenerator(nn.Module):
         if not hasattr(self, "axis_coef"):
             return stage1
         axis = axis_features(conditions).to(stage1.dtype) @ self.axis_coef.to(stage1.dtype)
-        n_z = self.arch.n_layers
-        return torch.cat(
-            [stage1[:, : 1 + 2 * n_z], stage1[:, self._barycentres] + sign * axis, stage1[:, 1 + 4 * n_z :]], 1
-        )
+        return self._with_barycentres(stage1, stage1[:, self._barycentres] + sign * axis)
+
+    def _with_barycentres(self, stage1: torch.Tensor, barycentres: torch.Tensor) -> torch.Tensor:
+        """``stage1`` with its barycentre columns replaced by ``barycentres``."""
+        b = self._barycentres
+        return torch.cat([stage1[:, : b.start], barycentres, stage1[:, b.stop :]], dim=1)
 
     def targets(self, summary: ShowerSummary) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(stage-1 data, stage-2 data, stage-2 condition), standardised, the stage-2 ones as its field takes
@@ -398,9 +400,7 @@ class FlowGenerator(nn.Module):
         ``axis_barycentres`` the barycentres it is given are where the layer's energy lies, in cells (the axis added
         back): a shape field given only the fluctuation about the axis must learn the drift with angle itself."""
         if hasattr(self, "axis_coef"):
-            n_z = self.arch.n_layers
-            where = self.stage1_values(stage1, conditions)[:, self._barycentres]
-            stage1 = torch.cat([stage1[:, : 1 + 2 * n_z], where, stage1[:, 1 + 4 * n_z :]], dim=1)
+            stage1 = self._with_barycentres(stage1, self.stage1_values(stage1, conditions)[:, self._barycentres])
         if not self.arch.stage2_per_layer:
             return torch.cat([conditions, stage1], dim=1)
         n_z = self.arch.n_layers
