@@ -18,6 +18,7 @@ from conftest import REPO, SMALL, register_untrained_generator
 from dt_assets import build_generator, generate
 from dt_assets.defs.export import exported_generator
 from dt_assets.model.export import (
+    FLOW_MAX_RELATIVE_ERROR,
     INPUTS,
     MAX_RELATIVE_ERROR,
     OPSET,
@@ -25,6 +26,7 @@ from dt_assets.model.export import (
     ExportedGenerator,
     ExportError,
     check_onnx,
+    error_bound,
     example_inputs,
     export_onnx,
     export_torchscript,
@@ -165,9 +167,9 @@ def test_the_flow_exports_with_its_ode_unrolled_and_onnx_runtime_matches(flow, t
         with torch.no_grad():
             expected = wrapper(*inputs).numpy()
         assert out.shape == (n, 15, 15, 12)
-        assert relative_error(out, expected, 0.1) <= MAX_RELATIVE_ERROR
+        assert relative_error(out, expected, 0.1) <= FLOW_MAX_RELATIVE_ERROR
         assert (out.sum(axis=(1, 2, 3)) > 0).all() and not ((out > 0) & (out < 0.1 * (1 - 1e-5))).any()
-    assert check_onnx(flow, path, n=32, seed=3) <= MAX_RELATIVE_ERROR
+    assert check_onnx(flow, path, n=32, seed=3) <= FLOW_MAX_RELATIVE_ERROR == error_bound(flow)
     scripted = torch.jit.load(str(export_torchscript(flow, tmp_path / "flow.pt")))
     inputs = example_inputs(flow, 5, seed=9)
     with torch.no_grad():

@@ -15,12 +15,12 @@ from resources import ModelRegistry, StorageResource
 
 from ..model.export import (
     INTERFACE_FILE,
-    MAX_RELATIVE_ERROR,
     ONNX_FILE,
     OPSET,
     TORCHSCRIPT_FILE,
     ExportError,
     check_onnx,
+    error_bound,
     export_onnx,
     export_torchscript,
     interface,
@@ -71,7 +71,7 @@ def exported_generator(
                 "showers": config.check_events,
                 "seed": config.seed,
                 "max_relative_error": error,
-                "bound": MAX_RELATIVE_ERROR,
+                "bound": error_bound(generator),
             }
         }
         sizes = {}
@@ -81,7 +81,7 @@ def exported_generator(
                 handle.write(path.read_bytes())
     storage.write_json(f"{folder}/{INTERFACE_FILE}", record)
     context.log.info(
-        f"exported {uri} to {folder}: ONNX Runtime within {error:.2g} of PyTorch (bound {MAX_RELATIVE_ERROR:g})"
+        f"exported {uri} to {folder}: ONNX Runtime within {error:.2g} of PyTorch (bound {error_bound(generator):g})"
     )
     return dg.MaterializeResult(
         metadata={
@@ -91,7 +91,7 @@ def exported_generator(
             "torchscript": dg.MetadataValue.path(f"{folder}/{TORCHSCRIPT_FILE}"),
             "interface": dg.MetadataValue.path(f"{folder}/{INTERFACE_FILE}"),
             "max_relative_error": error,
-            "relative_error_bound": MAX_RELATIVE_ERROR,
+            "relative_error_bound": error_bound(generator),
             "check_events": config.check_events,
             "onnx_opset": OPSET,
             "onnx_bytes": sizes[ONNX_FILE],

@@ -54,6 +54,10 @@ INTERFACE_FILE = "interface.json"
 #: inversion. Measured: 3e-6 to 1.4e-5 on untrained small and reference generators; 1e-4 leaves a margin
 #: of ~10 and still catches any real mismatch (a wrong constant or operator would be off by >1e-2).
 MAX_RELATIVE_ERROR = 1e-4
+#: The flow's bound. Its sampler ends in an iterative assembly (per-layer ranks, a bounded Newton tilt run twice,
+#: the hottest cell's choice) that grows the same ulps further: measured on the small test flow 2e-7 to 8e-5 with
+#: one tilt and up to 4.5e-4 with the hottest cell set (batches of 1, 7 and 32). 1e-3 still catches a real mismatch.
+FLOW_MAX_RELATIVE_ERROR = 1e-3
 #: Conditions of :func:`check_onnx`: the ranges of the training data.
 CHECK_ENERGY_GEV = (1.0, 500.0)
 CHECK_THETA_DEG = (60.0, 120.0)
@@ -212,20 +216,26 @@ def relative_error(actual: np.ndarray, expected: np.ndarray, threshold_mev: floa
     return float(ratio.max(initial=0.0))
 
 
+def error_bound(generator: ShowerGenerator) -> float:
+    """The largest relative error (:func:`relative_error`) an export of ``generator``'s family may have."""
+    return FLOW_MAX_RELATIVE_ERROR if getattr(generator, "family", None) == "flow" else MAX_RELATIVE_ERROR
+
+
 def check_onnx(
     generator: ShowerGenerator,
     path: str | Path,
     n: int = 64,
     seed: int = 0,
-    bound: float = MAX_RELATIVE_ERROR,
+    bound: float | None = None,
 ) -> float:
     """ONNX Runtime (CPU) against the PyTorch wrapper on ``n`` random conditions; the maximum relative error.
 
     Inputs from :func:`example_inputs` (energies 1-500 GeV, angles 60-120 deg); the error is
     :func:`relative_error` on the thresholded MeV outputs (each difference over its shower's hottest cell,
-    cells above threshold). Raises :class:`ExportError` above ``bound``
+    cells above threshold). Raises :class:`ExportError` above ``bound`` (by default :func:`error_bound`)
     (or on a non-finite output).
     """
+    bound = error_bound(generator) if bound is None else bound
     inputs = example_inputs(generator, n, seed)
     with torch.no_grad():
         expected = _wrapper(generator)(*inputs).numpy()
