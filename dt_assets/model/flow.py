@@ -24,11 +24,12 @@ first, then assembles the showers (:meth:`FlowGenerator.assemble`):
 3. the energy above the thresholds is re-weighted by an exponential tilt in x, y, x^2, y^2 so that
    the layer's barycentre and width become stage 1's (where the kept cells allow it); with
    ``layer_peak`` this is done first, then the tilted layer's hottest cell gets stage 1's fraction
-   and the other cells are tilted again around it;
+   and the other cells are tilted again around it (kept where the layer's moments stay within
+   ``PEAK_TOLERANCE`` of stage 1's);
 4. every other cell is 0.
 
-So layer energies, occupancies and hottest cells are exactly stage 1's, and the transverse moments
-nearly so.
+So layer energies and occupancies are exactly stage 1's, the hottest cells and the transverse
+moments nearly so.
 
 Discrete parts of the data are made continuous (dequantised) for the flows: an empty cell's log
 energy is drawn uniformly in a band a gap below the log threshold (``zero_gap``, ``zero_width``), an
