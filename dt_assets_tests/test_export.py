@@ -70,7 +70,7 @@ def test_onnx_runtime_matches_pytorch_in_mev_for_any_batch_size(generator, onnx_
             expected = wrapper(*inputs).numpy()
         assert out.shape == (n, *generator.geometry.shape) and out.dtype == np.float32
         assert relative_error(out, expected, threshold_mev) <= MAX_RELATIVE_ERROR
-        # MeV: the untrained net is calibrated to a 100 GeV shower's visible energy (about 1 GeV), whatever the
+        # MeV: the untrained net is calibrated to the mean visible energy of 10-200 GeV showers, whatever the
         # conditions; nothing below the cut survives but zeros
         assert out.sum(axis=(1, 2, 3)).min() > 100
         assert not ((out > 0) & (out < threshold_mev)).any()

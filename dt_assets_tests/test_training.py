@@ -49,8 +49,8 @@ def mean_visible(generator, energy: float, n: int = 200) -> float:
 
 
 def test_generated_energy_moves_to_the_mc_at_each_energy(trained):
-    # the untrained generator's output is calibrated to a 100 GeV shower, its response is the noise's scale
-    # (E_p/100): it makes next to nothing at 20 GeV; 80 steps of training bring both energies near the MC
+    # the untrained generator's output is calibrated to the mean 10-200 GeV shower (105 GeV), its response is the
+    # noise's scale (E_p/100): it makes next to nothing at 20 GeV; 80 steps of training bring both energies near the MC
     errors = {}
     for name, generator in (("untrained", build_generator(SMALL)), ("trained", trained.generator)):
         errors[name] = max(abs(mean_visible(generator, e) / mc_visible(e) - 1) for e in (20.0, 90.0))

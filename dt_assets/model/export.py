@@ -218,7 +218,7 @@ def relative_error(actual: np.ndarray, expected: np.ndarray, threshold_mev: floa
 
 def error_bound(generator: ShowerGenerator) -> float:
     """The largest relative error (:func:`relative_error`) an export of ``generator``'s family may have."""
-    return FLOW_MAX_RELATIVE_ERROR if getattr(generator, "family", None) == "flow" else MAX_RELATIVE_ERROR
+    return FLOW_MAX_RELATIVE_ERROR if generator.family == "flow" else MAX_RELATIVE_ERROR
 
 
 def check_onnx(

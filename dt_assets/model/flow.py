@@ -315,13 +315,9 @@ class FlowGenerator(nn.Module):
             log_cells=torch.log(cells.clamp_min(thr)),
         )
         if a.moments:
-            weight = cells / layer[:, None, :].clamp_min(1e-12)  # (B, x*y, z), 0 in empty layers
-            xy = self.cell_xy[None, :, :, None]  # (1, x*y, 2, 1)
-            observed.mean = (weight[:, :, None, :] * xy).sum(dim=1)  # (B, 2, z)
-            centred = xy - observed.mean[:, None]
-            observed.width = (weight[:, :, None, :] * centred**2).sum(dim=1).clamp_min(0).sqrt()
+            observed.mean, observed.width = self._layer_moments(cells, layer)
             if a.layer_peak:
-                observed.peak = weight.amax(dim=1)
+                observed.peak = (cells / layer[:, None, :].clamp_min(1e-12)).amax(dim=1)  # 0 in empty layers
         return observed
 
     def dequantise(self, observed: Observed, generator: torch.Generator | None = None) -> ShowerSummary:
@@ -495,7 +491,7 @@ class FlowGenerator(nn.Module):
         excess = torch.where(keep, torch.exp(spread * above) - 1, torch.zeros_like(cells))
         share = _normalised(excess, keep)
         fixed = torch.where(keep, torch.full_like(cells, thr), torch.zeros_like(cells))  # what the shares come on
-        free, free_energy = keep, spare.clamp_min(0)
+        free_energy = spare.clamp_min(0)
         if a.moments:
             mean = stats[:, 2:4]  # (B, 2, z) barycentres
             width = (torch.exp(stats[:, 4:6]) - 1.5 * WIDTH_FLOOR).clamp_min(0)
@@ -522,15 +518,20 @@ class FlowGenerator(nn.Module):
         energy = torch.where(keep, energy, torch.zeros_like(energy))
         return energy.reshape(-1, *a.grid)
 
+    def _layer_moments(self, energy: torch.Tensor, layer_energy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each layer's transverse barycentre and width (B, 2, z; cell units, 0 in empty layers) of cell energies
+        ``energy`` (B, x*y, z) whose layers sum to ``layer_energy`` (B, z)."""
+        weight = (energy / layer_energy[:, None, :].clamp_min(1e-12))[:, :, None, :]  # (B, x*y, 1, z)
+        xy = self.cell_xy.to(energy.dtype)[None, :, :, None]  # (1, x*y, 2, 1)
+        mean = (weight * xy).sum(dim=1)  # (B, 2, z)
+        return mean, (weight * (xy - mean[:, None]) ** 2).sum(dim=1).clamp_min(0).sqrt()
+
     def _moment_miss(
         self, energy: torch.Tensor, layer_energy: torch.Tensor, mean: torch.Tensor, width: torch.Tensor
     ) -> torch.Tensor:
         """How far the layers of ``energy`` (B, x*y, z) lie from barycentres ``mean`` and widths ``width`` (B, 2, z):
         the sum of the four absolute differences in cells (B, 1, z)."""
-        weight = (energy / layer_energy[:, None, :].clamp_min(1e-12))[:, :, None, :]  # (B, x*y, 1, z)
-        xy = self.cell_xy.to(energy.dtype)[None, :, :, None]  # (1, x*y, 2, 1)
-        got = (weight * xy).sum(dim=1)  # (B, 2, z)
-        spread = (weight * (xy - got[:, None]) ** 2).sum(dim=1).clamp_min(0).sqrt()
+        got, spread = self._layer_moments(energy, layer_energy)
         return ((got - mean).abs() + (spread - width).abs()).sum(dim=1, keepdim=True)
 
     def tilt(
