@@ -41,6 +41,13 @@ def test_registry_round_trip_log_register_alias_load_generate(home, family):
         loaded = load_generator(model_uri)
         assert loaded.family == family
         assert np.array_equal(generate(loaded, 8, 50.0, 90.0, seed=2).energy_deposit.values, expected), model_uri
+    # the MLflow model itself: a torch.export graph that loads without CaloTwin's classes and makes the same showers
+    graph = mlflow.pytorch.load_model("models:/roundtrip-model/1")
+    assert not isinstance(graph, type(generator))
+    for conditions in ([0.5, 1.2], [1.5, 1.9]):  # the graph takes the input example's batch of one
+        latent = torch.cat([torch.tensor([conditions]), torch.randn(1, generator.noise_size)], dim=1)
+        with torch.no_grad():
+            torch.testing.assert_close(graph(latent), generator(latent), rtol=1e-4, atol=1e-3)
     experiment = MlflowClient(uri).get_experiment_by_name("roundtrip")
     assert experiment.artifact_location == str(home / "mlflow" / "artifacts")
 
