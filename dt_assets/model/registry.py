@@ -76,9 +76,9 @@ def log_generator(
     The MLflow flavour exports the model with an input example (the latent ``[E_p/100, theta, noise]``)
     on the CPU, so ``generator`` is moved to the CPU and put in eval mode. It is saved in MLflow's "pt2" format
     (``torch.export``: a graph that loads with torch alone, without CaloTwin's code). MLflow's check that reloads the
-    saved graph and runs the example is skipped (``validate_serving_input=False``): for the flow it took as long as
-    the export itself (about 17 s of 45 on one core); the tests load the graph and compare it with the generator
-    instead (``test_model_registry.py``).
+    saved graph and runs the example is skipped (``validate_serving_input=False``): it took 34 s of the 93 that
+    logging a 3DGAN and a flow version took on one core; the tests load the graph and compare its showers with the
+    generator's instead (``test_model_registry.py``).
     """
     if mlflow.active_run() is None:
         raise RuntimeError("log_generator needs an active MLflow run (mlflow.start_run())")
