@@ -8,7 +8,7 @@ interleaved, times
 - **raw**: ``h5py`` reading the same ``ECAL`` blocks and ``zarr`` writing them, same chunks and
   codec, no checks, no dataset, no atomic rename.
 
-DESIGN.md's goal: ingest within 2x of raw. Prints a table, then one JSON line.
+The goal (docs/design.md, "Performance goals"): ingest within 2x of raw. Prints a table, then one JSON line.
 
     .venv/bin/python bench/ingest.py [--events 2048] [--repeat 3]
 """

@@ -2,9 +2,9 @@
 
 1. Samples/s of ``dt_assets.model.train.train`` (what the ``gan_model`` asset runs), streaming
    preprocessed zarr stores, against a bare loop that runs the same training step on the same
-   events held in memory as tensors. DESIGN.md's goal: streaming >= 0.9 x bare.
+   events held in memory as tensors. The goal (docs/design.md, "Performance goals"): streaming >= 0.9 x bare.
 2. Peak resident memory of a training process on a data set of 1x and 4x the size (same number of
-   steps): DESIGN.md's goal is flat.
+   steps): the goal (docs/design.md, "Performance goals") is flat.
 
 Small preset (small_ecal_15x15x12), batch 32, CPU unless a GPU is present. Prints a table, then
 one JSON line; progress bars on stderr follow the simulation and the trainings.

@@ -224,10 +224,9 @@ def test_without_a_champion_the_asset_names_the_alias(home, instance, storage):
     assert "models:/calotwin-generator@champion" in message and "materialize champion_model first" in message
 
 
-def test_the_readme_example_runs_the_exported_file(generator, onnx_file, tmp_path):
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Exporting the generator (ONNX, TorchScript)", 1)[1].split("\n## ", 1)[0]
-    (block,) = re.findall(r"```py\n(.*?)```", section, flags=re.S)
+def test_the_docs_example_runs_the_exported_file(generator, onnx_file, tmp_path):
+    page = (REPO / "docs" / "guides" / "export.md").read_text()  # the guide "Exporting the generator"
+    (block,) = re.findall(r"```py\n(.*?)```", page, flags=re.S)
     shutil.copy(onnx_file, tmp_path / "generator.onnx")
     (tmp_path / "interface.json").write_text(json.dumps(interface(generator)))
     run = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""The README stays true: its Python runs, its tables match the code, its make targets exist."""
+"""The README and the docs stay true: their Python runs, their tables match the code, their make targets exist."""
 
 from __future__ import annotations
 
@@ -13,22 +13,32 @@ from conftest import REPO
 from dt_assets import get_geometry
 
 README = (REPO / "README.md").read_text()
+DOCS = REPO / "docs"
+#: the pages the README's sections moved to
+GETTING_STARTED = (DOCS / "getting-started.md").read_text()
+VALIDATION = (DOCS / "concepts" / "validation.md").read_text()
+API = (DOCS / "reference" / "api.md").read_text()
+DESIGN = (DOCS / "design.md").read_text()
 
 
-def code_blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+def code_blocks(language: str, text: str = README) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 
-def test_readme_python_examples_run(tmp_path):
-    _, block = code_blocks("python")  # the API example follows the validation one
+def docs_pages() -> dict[str, str]:
+    return {str(p.relative_to(REPO)): p.read_text() for p in sorted(DOCS.rglob("*.md"))}
+
+
+def test_the_python_api_example_runs(tmp_path):
+    (block,) = code_blocks("python", API)  # the API example of the Python API page
     run = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "('event', 'x', 'y', 'z') MeV" in run.stdout
     assert {p.name for p in tmp_path.iterdir()} == {"example_run.zarr", "example_3dgan.h5", "example_cc.h5"}
 
 
-def test_readme_validation_example_runs_with_a_registered_observable(tmp_path):
-    block, _ = code_blocks("python")
+def test_the_validation_example_runs_with_a_registered_observable(tmp_path):
+    (block,) = code_blocks("python", VALIDATION)  # the example of the physics validation page
     run = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("PASSED: coverage 100% (6/6 cells)")  # MC against independent MC
@@ -36,9 +46,10 @@ def test_readme_validation_example_runs_with_a_registered_observable(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"validation_report.html", "validation.json"}
 
 
-def test_readme_geometry_table_matches_the_computed_quantities():
+def test_the_design_geometry_table_matches_the_computed_quantities():
+    section = DESIGN.split("\n## Geometry presets", 1)[1].split("\n## ", 1)[0]  # the design page's table
     rows = re.findall(
-        r"^\| `(\w+)`.*?\| ([\d.]+) mm \| ([\d.]+) mm \| ([\d.]+) MeV \| ([\d.]+) \|$", README, flags=re.M
+        r"^\| `(\w+)`.*?\| ([\d.]+) mm \| ([\d.]+) mm \| ([\d.]+) MeV \| ([\d.]+) \|$", section, flags=re.M
     )
     assert len(rows) == 3
     for name, x0, rm, ec, sf in rows:
@@ -49,13 +60,17 @@ def test_readme_geometry_table_matches_the_computed_quantities():
         assert float(sf) == pytest.approx(g.sampling_fraction, abs=0.00001), name
 
 
-def test_make_targets_named_in_the_readme_exist():
+def test_make_targets_named_in_the_readme_and_the_docs_exist():
     help_text = subprocess.run(["make", "help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for target in ("demo", "test", "ui", "bench"):
+    for target in ("demo", "test", "ui", "bench", "docs"):
         assert re.search(rf"make {target}\b", README), target
-        assert re.search(rf"make {target}\s", help_text), target
-    commands = "\n".join(code_blocks("bash"))
-    assert commands.splitlines()[0].startswith("make demo") and commands.splitlines()[1].startswith("make test")
+    listed = set(re.findall(r"^  make (\S+)", help_text, flags=re.M))
+    for name, text in {"README.md": README, **docs_pages()}.items():
+        for target in re.findall(r"(?:^|`)make ([a-z][a-z-]*)\b", text, flags=re.M):  # `make x`, and in code blocks
+            assert target in listed, f"{name}: make {target} is not a target of `make help`"
+    for text in (README, GETTING_STARTED):  # the quickstart starts with the two commands
+        commands = "\n".join(code_blocks("bash", text))
+        assert commands.splitlines()[0].startswith("make demo") and commands.splitlines()[1].startswith("make test")
 
 
 def mermaid_lineage() -> tuple[str, set[tuple[str, str]]]:
@@ -100,10 +115,11 @@ QUICKSTART_TESTED = {
 
 
 def test_the_quickstart_is_exactly_the_commands_the_tests_run():
-    section = README.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
-    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
-    assert commands == list(QUICKSTART_TESTED)
+    for text in (README, GETTING_STARTED):  # the README's quickstart and the getting-started page's
+        section = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+        block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+        commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+        assert commands == list(QUICKSTART_TESTED)
     for command, (file, snippet) in QUICKSTART_TESTED.items():
         path = REPO / file if file.startswith(".ci") else REPO / "dt_assets_tests" / file
         assert snippet in path.read_text(), f"{command}: not run by {file}"

@@ -1,8 +1,8 @@
 """The Monte Carlo against the GFlash parametrization it samples.
 
-The reference numbers here are computed from the formulas of DESIGN.md / Grindhammer & Peters,
-written out again below (not imported from the simulator), so a wrong coefficient, a wrong
-correlation or a wrong binning in the simulator shows up as a disagreement.
+The reference numbers here are computed from the formulas of docs/design.md ("Physics: the GFlash
+Monte Carlo") / Grindhammer & Peters, written out again below (not imported from the simulator), so a
+wrong coefficient, a wrong correlation or a wrong binning in the simulator shows up as a disagreement.
 """
 
 from __future__ import annotations

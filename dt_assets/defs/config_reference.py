@@ -1,4 +1,4 @@
-"""The configuration reference in the README, generated from the classes that define the settings.
+"""The configuration reference of the docs, generated from the classes that define the settings.
 
 Three kinds of settings are rendered, each as a table of field, type, default, allowed values and
 description, read from the pydantic fields themselves (so the reference cannot drift):
@@ -9,8 +9,9 @@ description, read from the pydantic fields themselves (so the reference cannot d
 - the kinds of ``compute.yaml``.
 
 Cross-field rules (a reversed range, fractions over 1) come from the docstrings of the classes'
-model validators. ``python -m dt_assets.defs.config_reference --write README.md`` rewrites the
-README's block between the markers; ``--check`` exits 1 when it is stale. A test runs the check.
+model validators. ``python -m dt_assets.defs.config_reference docs/reference/configuration.md --write``
+rewrites the page's block between the markers (``make docs`` runs it); ``--check`` exits 1 when it is
+stale. A test runs the check.
 """
 
 from __future__ import annotations
@@ -228,32 +229,32 @@ def render(defs: dg.Definitions) -> str:
     return text.replace("\n\n\n", "\n\n")
 
 
-def replace_block(readme: str, block: str) -> str:
-    """``readme`` with the text between the markers replaced by ``block``."""
-    if readme.count(START) != 1 or readme.count(END) != 1:
-        raise ValueError(f"the README must hold the markers {START!r} and {END!r} once each")
-    head, rest = readme.split(START)
+def replace_block(page: str, block: str) -> str:
+    """``page`` with the text between the markers replaced by ``block``."""
+    if page.count(START) != 1 or page.count(END) != 1:
+        raise ValueError(f"the page must hold the markers {START!r} and {END!r} once each")
+    head, rest = page.split(START)
     _, tail = rest.split(END)
     return f"{head}{START}\n{block}{END}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Generate the README's configuration reference.")
-    parser.add_argument("readme", type=Path)
+    parser = argparse.ArgumentParser(description="Generate the configuration reference of the docs.")
+    parser.add_argument("page", type=Path, help="the page holding the markers: docs/reference/configuration.md")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--write", action="store_true", help="rewrite the block between the markers")
     mode.add_argument("--check", action="store_true", help="exit 1 when the block is stale")
     args = parser.parse_args(argv)
     from ..definitions import defs
 
-    current = args.readme.read_text()
+    current = args.page.read_text()
     updated = replace_block(current, render(defs))
     if args.check:
         if updated != current:
-            print(f"{args.readme}: the configuration reference is stale; run `make docs`", file=sys.stderr)
+            print(f"{args.page}: the configuration reference is stale; run `make docs`", file=sys.stderr)
             return 1
         return 0
-    args.readme.write_text(updated)
+    args.page.write_text(updated)
     return 0
 
 

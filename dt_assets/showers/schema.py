@@ -1,6 +1,6 @@
 """The shower dataset: an ``xarray.Dataset`` with units, geometry and provenance, and its validation.
 
-Variables (DESIGN.md, "Units and data model"):
+Variables (docs/design.md, "Units and data model"):
 
 - ``energy_deposit(event, x, y, z)`` float32, visible (sensor) energy in MeV;
 - ``primary_energy(event)`` in GeV, ``theta(event)`` polar angle in rad (pi/2 = perpendicular to
