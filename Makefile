@@ -40,8 +40,11 @@ champion: install ## Train a generator for the default gates; validate, promote 
 test: install ## Run the test suite on TEST_WORKERS (2) pytest-xdist workers of one thread, a test module per worker
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-lint: install ## ruff lint and format check
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+# the pre-commit hooks (.pre-commit-config.yaml: ruff, ruff format, codespell, shellcheck) on every file, then mypy on
+# the domain packages ([tool.mypy] in pyproject.toml)
+lint: install ## ruff lint and format check, codespell, shellcheck (the pre-commit hooks), and mypy on the domain packages
+	$(VENV)/bin/pre-commit run --all-files --show-diff-on-failure
+	$(VENV)/bin/mypy
 
 format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .

@@ -14,11 +14,16 @@ Writes to ``--out``: ``generator.pt`` (loads with ``dt_assets.load_generator``),
 E_sum/E_p and occupancy errors, training samples/s and generation showers/s, then one JSON line.
 
     .venv/bin/python bench/fidelity.py --family flow --minutes 15 --out /tmp/fidelity-flow-15
+
+``--generator FILE`` judges a trained file instead of training one; with it, ``--sampling KEY=VALUE`` (a flow, any
+number of times) changes how the file samples before it is judged, e.g. ``kept_softness=0.6`` on a model saved
+before that setting existed (it loads with 0, the assembly it was saved with).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -48,6 +53,8 @@ RUNS = 4
 REFERENCE_SEED, GENERATION_SEED = 1_000_000, 2_000_000
 EPOCHS = 10
 TIMING_STEPS = {"flow": 30, "3dgan": 20}
+#: a flow's settings that change how it samples, not what it learned: ``--sampling`` sets them on a trained file
+SAMPLING_SETTINGS = {"stage1_steps": int, "stage2_steps": int, "tilt_iterations": int, "kept_softness": float}
 
 
 def training_data(events: int, folder: Path) -> list[str]:
@@ -89,6 +96,13 @@ def main() -> None:
     parser.add_argument(
         "--generator", default=None, help="judge this generator file instead of training one (no --family/--minutes)"
     )
+    parser.add_argument(
+        "--sampling",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"with --generator (a flow), a sampling setting to judge it with: one of {', '.join(SAMPLING_SETTINGS)}",
+    )
     parser.add_argument("--out", required=True, help="folder for the generator, the report and the checkpoint")
     parser.add_argument("--events", type=int, default=160_000, help="fresh MC training showers (default 160000)")
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "calotwin-fidelity-data"))
@@ -96,13 +110,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.generator is None and (args.family is None or args.minutes is None):
         parser.error("give --family and --minutes to train, or --generator FILE to judge a trained one")
+    if args.sampling and args.generator is None:
+        parser.error("--sampling changes a trained file's sampling: give it with --generator FILE")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     if args.generator is not None:
         generator = load_generator(args.generator)
+        try:
+            sampling = with_sampling(generator, args.sampling)
+        except ValueError as error:
+            parser.error(str(error))
         summary = judge(generator, out)
-        print(json.dumps({"generator": args.generator, "family": generator.family, **summary}))
+        print(json.dumps({"generator": args.generator, "family": generator.family, "sampling": sampling, **summary}))
         return
 
     started = time.perf_counter()
@@ -126,7 +146,7 @@ def main() -> None:
         config,
         str(checkpoint),
         get_geometry(GEOMETRY),
-        callbacks=[lambda r: print(f"  epoch {r.epoch + 1}/{r.epochs}: {r.seconds:.0f} s", flush=True)],
+        on_epoch=[lambda r: print(f"  epoch {r.epoch + 1}/{r.epochs}: {r.seconds:.0f} s", flush=True)],
     )
     train_seconds = time.perf_counter() - started
     samples_per_s = EPOCHS * steps_per_epoch * config.batch_size / train_seconds
@@ -152,6 +172,22 @@ def main() -> None:
             }
         )
     )
+
+
+def with_sampling(generator, settings: list[str]) -> dict:
+    """Set ``KEY=VALUE`` sampling settings (``SAMPLING_SETTINGS``) on a flow generator; the settings it then has."""
+    if not settings:
+        return {}
+    if generator.family != "flow":
+        raise ValueError(f"--sampling applies to flow generators, not {generator.family!r}")
+    changes = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or key not in SAMPLING_SETTINGS:
+            raise ValueError(f"--sampling {item!r}: give KEY=VALUE, KEY one of {', '.join(SAMPLING_SETTINGS)}")
+        changes[key] = SAMPLING_SETTINGS[key](value)
+    generator.arch = dataclasses.replace(generator.arch, **changes)  # checked by the architecture
+    return {key: getattr(generator.arch, key) for key in SAMPLING_SETTINGS}
 
 
 def judge(generator, out: Path) -> dict:

@@ -56,7 +56,7 @@ def streaming_rate(url: str, config: TrainConfig, work: Path) -> float:
             config,
             str(work / f"ckpt-{time.monotonic_ns()}"),
             get_geometry(GEOMETRY),
-            callbacks=[reports.append],
+            on_epoch=[reports.append],
             on_step=[steps],
         )
     return reports[-1].samples_per_second

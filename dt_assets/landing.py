@@ -477,7 +477,7 @@ class Landing:
             )
         url = self.landing.url_of(path)
         try:
-            layout, geometry, n_events = self._read(url, state.is_dir)
+            layout, read_geometry, n_events = self._read(url, state.is_dir)
             digest = zarr_checksum(url, self.storage_options) if state.is_dir else _sha256(self.landing.fs, path)
         except _RefusedError:
             raise
@@ -485,8 +485,8 @@ class Landing:
             if not (self.landing.exists(self.landing.root) and self.landing.exists(path)):
                 raise FileNotFoundError(f"{url}: left the landing area while it was read ({exc})") from None
             raise _RefusedError("unreadable", f"could not be read ({exc})") from None
-        if self.checks.geometry is None and geometry not in GEOMETRIES:
-            geometry = None  # a custom geometry: the file itself describes it
+        # a custom geometry (not a preset): None, the file itself describes it
+        geometry = read_geometry if self.checks.geometry is not None or read_geometry in GEOMETRIES else None
         spec = FileSpec(url=url, sha256=digest, layout=layout, geometry=geometry, particle=self.checks.particle)
         return spec, n_events
 

@@ -17,6 +17,7 @@ def longitudinal_profile_png(summary: ShowerSummary, title: str = "") -> bytes:
     fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=100)
     try:
         for label, profile in summary.mean_profiles().items():
+            assert summary.layer_depth_x0 is not None  # set with the profiles
             ax.plot(summary.layer_depth_x0, profile, marker="o", markersize=3, label=label)
         ax.set_xlabel("depth of the sensor layer [X0]")
         ax.set_ylabel("mean visible energy per layer [MeV]")

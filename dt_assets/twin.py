@@ -159,7 +159,7 @@ _REPOS = """{ repositoriesOrError { ... on RepositoryConnection { nodes { name l
 def loop_states(port: int, host: str = "127.0.0.1") -> dict[str, str]:
     """RUNNING / STOPPED of every sensor and schedule in the workspace, by name."""
     nodes = graphql(port, _REPOS, host=host)["repositoriesOrError"]["nodes"]
-    states = {}
+    states: dict[str, str] = {}
     for repo in nodes:
         states |= {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]}
         states |= {s["name"]: s["scheduleState"]["status"] for s in repo["schedules"]}

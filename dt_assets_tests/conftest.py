@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import filelock
@@ -12,6 +13,8 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from servers import MlflowServer, Postgres, S3Server, mlflow_tracking_server, moto_s3, postgres_cluster
+from slurm_cluster import SlurmCluster, require_cluster
 
 from dt_assets import simulate
 
@@ -58,6 +61,38 @@ def instance():
 def small_showers() -> xr.Dataset:
     """300 electrons, 10-100 GeV, 60-120 deg, on the small preset (two blocks: 256 + 44 events)."""
     return simulate(300, (10.0, 100.0), (60.0, 120.0), "e-", geometry=SMALL, seed=11)
+
+
+# --- services: real servers on 127.0.0.1 (servers.py) and the cluster of `.ci/slurm up` (slurm_cluster.py); a test
+# module imports only the classes it annotates with (``from servers import Postgres``) -----------------------------
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL cluster on 127.0.0.1 (skipped, or failed under CALOTWIN_REQUIRE_SERVICES=1, without one)."""
+    with postgres_cluster() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server on 127.0.0.1 with the bucket ``calotwin``."""
+    with moto_s3(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(
+    postgres: Postgres, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MlflowServer]:
+    """An MLflow tracking server on ``postgres`` with artifacts in ``s3://calotwin/mlflow``, still starting:
+    call ``.ready()`` before using it."""
+    with mlflow_tracking_server(postgres, s3_server, tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def slurm() -> SlurmCluster:
+    """The cluster that `SLURM_CONF` points at; skips (or fails with CALOTWIN_REQUIRE_SERVICES=1) if none answers."""
+    return require_cluster()
 
 
 def make_env(home: Path) -> dict[str, str]:

@@ -1,5 +1,8 @@
 """Real services for end-to-end tests, each on 127.0.0.1 at a free port, stopped at teardown.
 
+The fixtures are in conftest.py (a test asks for them by name and imports from here only the classes it annotates
+with):
+
 - :func:`s3_server`: moto's standalone S3 server (``python -m moto.server``; moto is a dev
   dependency, always present) with one bucket, :data:`BUCKET`;
 - :func:`postgres`: a throwaway PostgreSQL cluster (``initdb`` in a temporary folder, run as the
@@ -378,28 +381,3 @@ def mlflow_tracking_server(
         yield MlflowServer(uri=f"http://{HOST}:{port}", artifacts=artifacts, process=process)
     finally:
         process.stop()
-
-
-# --- fixtures -------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    """A PostgreSQL cluster on 127.0.0.1 (skipped, or failed under CALOTWIN_REQUIRE_SERVICES=1, without one)."""
-    with postgres_cluster() as pg:
-        yield pg
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """moto's S3 server on 127.0.0.1 with the bucket ``calotwin``."""
-    with moto_s3(tmp_path_factory.mktemp("moto")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(
-    postgres: Postgres, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[MlflowServer]:
-    """An MLflow tracking server on ``postgres`` with artifacts in ``s3://calotwin/mlflow``, still starting:
-    call ``.ready()`` before using it."""
-    with mlflow_tracking_server(postgres, s3_server, tmp_path_factory.mktemp("mlflow")) as server:
-        yield server

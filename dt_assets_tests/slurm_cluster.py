@@ -1,6 +1,7 @@
-"""A pytest fixture for a running Slurm cluster (started outside the tests by `.ci/slurm up`).
+"""A running Slurm cluster (started outside the tests by `.ci/slurm up`), for the ``slurm`` fixture.
 
-Use it from a test module (or a conftest) with ``from slurm_cluster import SlurmCluster, slurm``.
+The fixture is in conftest.py (it calls :func:`require_cluster`): a test asks for ``slurm`` by name and imports only
+the class, ``from slurm_cluster import SlurmCluster``, to annotate it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,12 +75,11 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def slurm() -> Iterator[SlurmCluster]:
+def require_cluster() -> SlurmCluster:
     """The cluster that `SLURM_CONF` points at; skips (or fails with CALOTWIN_REQUIRE_SERVICES=1) if none answers."""
     why = _missing()
     if why is not None:
         if os.environ.get("CALOTWIN_REQUIRE_SERVICES") == "1":
             pytest.fail(f"Slurm required (CALOTWIN_REQUIRE_SERVICES=1) but {why}; {SKIP_REASON}")
         pytest.skip(f"{SKIP_REASON} ({why})")
-    yield SlurmCluster(conf=Path(os.environ["SLURM_CONF"]))
+    return SlurmCluster(conf=Path(os.environ["SLURM_CONF"]))

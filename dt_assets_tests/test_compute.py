@@ -16,7 +16,6 @@ import mlflow
 import pytest
 import yaml
 from mlflow import MlflowClient
-from slurm_cluster import slurm  # noqa: F401  (the fixture)
 
 from conftest import SMALL
 from dt_assets import generate, load_generator
@@ -132,7 +131,7 @@ def test_a_failing_torchrun_job_fails_the_asset_with_its_reason(data_home):
 
 
 @pytest.mark.slow
-def test_gan_model_trains_as_a_job_on_a_real_slurm(slurm, local_metadata, data_home):  # noqa: F811
+def test_gan_model_trains_as_a_job_on_a_real_slurm(slurm, local_metadata, data_home):
     result = train_with(slurm_compute(slurm), data_home, seed=5)
     metadata = metadata_of(result)
     assert set(metadata) == set(local_metadata)
@@ -143,7 +142,7 @@ def test_gan_model_trains_as_a_job_on_a_real_slurm(slurm, local_metadata, data_h
 
 
 @pytest.mark.slow
-def test_a_failed_slurm_job_fails_the_asset_with_its_state(slurm, data_home):  # noqa: F811
+def test_a_failed_slurm_job_fails_the_asset_with_its_state(slurm, data_home):
     result = train_with(slurm_compute(slurm), data_home, seed=6, batch_size=1000)
     assert not result.success
     message = failure_message(result)
@@ -152,7 +151,7 @@ def test_a_failed_slurm_job_fails_the_asset_with_its_state(slurm, data_home):  #
 
 
 @pytest.mark.slow
-def test_a_slurm_job_cancelled_with_scancel_fails_the_asset(slurm, data_home):  # noqa: F811
+def test_a_slurm_job_cancelled_with_scancel_fails_the_asset(slurm, data_home):
     cancelled: list[str] = []
 
     def cancel_when_running() -> None:
@@ -352,7 +351,7 @@ def _cancel_a_job_with_a_child(tmp_path) -> None:
             time.sleep(0.05)
 
 
-def test_a_job_slurm_cannot_report_on_is_given_up_after_repeated_queries(slurm, tmp_path):  # noqa: F811
+def test_a_job_slurm_cannot_report_on_is_given_up_after_repeated_queries(slurm, tmp_path):
     job = _SlurmJob("99999999", tmp_path, slurm_compute(slurm), dg.build_asset_context())
     job.MAX_QUERY_ERRORS = 3
     assert job.poll() is None and job.poll() is None  # a restarting slurmctld is given time

@@ -17,8 +17,6 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from pydantic import ValidationError
-from servers import postgres  # noqa: F401  (the fixture)
-from slurm_cluster import slurm  # noqa: F401  (the fixture)
 
 from conftest import SMALL
 from dt_assets import load_generator
@@ -395,7 +393,7 @@ def test_the_workers_array_job_script(tmp_path):
 
 
 @pytest.mark.slow
-def test_workers_run_as_a_slurm_array_job_through_the_compute_resource(slurm, home, instance):  # noqa: F811
+def test_workers_run_as_a_slurm_array_job_through_the_compute_resource(slurm, home, instance):
     compute = SlurmCompute(partition=slurm.partition, time="10:00", poll_interval_seconds=0.5)
     resources = {"storage": LocalStorage(), "compute": compute, "mlflow": tracking_resource()}
     materialize_training_set(instance, resources, [{"n_events": 300, "geometry": SMALL, "seed": 6}])

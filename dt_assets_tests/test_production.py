@@ -19,7 +19,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.tracking import fluent
 from mlflow.tracking._tracking_service import utils as tracking_utils
-from servers import MlflowServer, Postgres, S3Server, mlflow_server, postgres, s3_server  # noqa: F401  (fixtures)
+from servers import MlflowServer, Postgres, S3Server
 
 from conftest import REPO, SMALL
 from dt_assets import simulate, write_hdf5, write_showers
@@ -80,9 +80,9 @@ def materialized(result: dg.ExecuteInProcessResult, asset: str) -> dict:
 
 @pytest.mark.slow
 def test_pipeline_runs_on_s3_a_postgres_instance_and_an_mlflow_server(
-    postgres: Postgres,  # noqa: F811  (first: without PostgreSQL the test skips before anything starts)
-    s3_server: S3Server,  # noqa: F811
-    mlflow_server: MlflowServer,  # noqa: F811
+    postgres: Postgres,  # first: without PostgreSQL the test skips before anything starts
+    s3_server: S3Server,
+    mlflow_server: MlflowServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ):

@@ -201,7 +201,7 @@ def test_training_calls_the_step_hook_after_every_step_and_resumes_counting(stor
             config,
             str(tmp_path),
             get_geometry(SMALL),
-            callbacks=[epochs.append],
+            on_epoch=[epochs.append],
             on_step=[seen.append, steps],
         )
     assert [(r.epoch, r.epochs, r.step, r.steps, r.samples, r.start_epoch) for r in seen] == [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (fixture)
+from slurm_cluster import SlurmCluster
 
 
-def test_trivial_job_completes(slurm: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+def test_trivial_job_completes(slurm: SlurmCluster, tmp_path: Path) -> None:
     out = tmp_path / "job.out"
     job_id = slurm.submit(f"--output={out}", "--wrap", "echo hello-from-slurm")
     info = slurm.wait(job_id, timeout=60)

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint,
             get_geometry(args.geometry),
             warm_start=args.warm_start,
-            callbacks=[progress],
+            on_epoch=[progress],
             device=args.device,
             on_step=[steps],
         )

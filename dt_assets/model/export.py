@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .flow import FlowGenerator
 from .generation import ShowerGenerator
 
 #: ONNX opset of the export: 17 is read by ONNX Runtime >= 1.14 (2023), old enough for the Geant4 builds that
@@ -84,7 +85,7 @@ class ExportedGenerator(nn.Module):
 
 def threshold_mev(generator: ShowerGenerator) -> float:
     """The cell threshold of the generator's training data, MeV."""
-    if generator.family == "flow":
+    if isinstance(generator, FlowGenerator):
         return float(generator.arch.threshold_mev)
     return float(generator.transform.threshold * generator.transform.mev_per_unit)
 

@@ -18,9 +18,9 @@ Sampling solves both ODEs from ``t = 0`` to ``1`` with a fixed number of midpoin
 first, then assembles the showers (:meth:`FlowGenerator.assemble`):
 
 1. in each layer the cells stage 2 ranks highest are kept, as many as stage 1 asked for;
-2. their energies follow stage 2's log energies measured from the lowest kept one,
-   which gets the threshold: ``thr x exp(k (x - x_n))``, with ``k`` such that the layer carries
-   exactly stage 1's energy;
+2. their energies follow stage 2's log energies ``x`` measured from the threshold through a soft
+   floor: ``thr x exp(k a)``, ``a = s softplus((x - log thr) / s)`` (``kept_softness``), with ``k``
+   such that the layer carries exactly stage 1's energy;
 3. the energy above the thresholds is re-weighted by an exponential tilt in x, y, x^2, y^2 so that
    the layer's barycentre and width become stage 1's (where the kept cells allow it); with
    ``layer_peak`` this is done first, then the tilted layer's hottest cell gets stage 1's fraction
@@ -44,7 +44,9 @@ assembly) exports to ONNX and TorchScript (:mod:`dt_assets.model.export`).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -103,6 +105,14 @@ class FlowArchitecture:
     #: tilts the other cells again around it. Without it the shower's hottest cell came out 3-5% low in every cell
     #: of the grid and was, with the shower's skewness, what the classifier separated best (bench/README.md).
     layer_peak: bool = True
+    #: a kept cell's energy is thr x exp(k a), a = s softplus((x - log thr) / s) with s this scale (log units):
+    #: stage 2's log energy x measured from the threshold, a kept cell that stage 2 put below it landing just above
+    #: it. Stage 2 puts about 30% of the cells it ranks among the kept ones between the empty cells' band and the
+    #: threshold, where the data has none (a flow blurs the gap between the two modes). With 0, a is measured from the
+    #: lowest kept cell (it gets the threshold), as models saved before this field do: those cells then stretch every
+    #: layer's range of log energies, the k that gives stage 1's energy falls to 0.75-0.87 (1.02-1.10 with MC's own
+    #: cells), the layers come out too wide and the moment tilt's narrowing takes their skewness (bench/README.md).
+    kept_softness: float = 0.6
 
     def __post_init__(self) -> None:
         for name in ("stage1_hidden", "stage1_blocks", "stage2_hidden", "stage2_blocks", "time_features"):
@@ -113,6 +123,8 @@ class FlowArchitecture:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"flow architecture: {name} must be a positive integer, got {value!r}")
+        if not (math.isfinite(self.kept_softness) and self.kept_softness >= 0):
+            raise ValueError(f"flow architecture: kept_softness must be finite and >= 0, got {self.kept_softness!r}")
         if not self.threshold_mev > 0:
             raise ValueError(f"flow architecture: threshold_mev must be positive, got {self.threshold_mev!r}")
         for name in ("axis_barycentres", "layer_peak"):
@@ -152,7 +164,8 @@ class FlowArchitecture:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"flow architecture: unknown key(s) {unknown}")
-        return cls(**{"axis_barycentres": False, "layer_peak": False, **d, "grid": tuple(d["grid"])})
+        before = {"axis_barycentres": False, "layer_peak": False, "kept_softness": 0.0}  # fields models lack if older
+        return cls(**{**before, **d, "grid": tuple(d["grid"])})
 
 
 def axis_features(conditions: torch.Tensor) -> torch.Tensor:
@@ -175,6 +188,8 @@ def flow_architecture_for(geometry: Geometry, **sizes) -> FlowArchitecture:
 class VelocityField(nn.Module):
     """v(x_t, t | c): a residual MLP (pre-norm blocks, SiLU) with sinusoidal time features; the output
     layer starts at zero, so an untrained field moves nothing."""
+
+    frequencies: torch.Tensor  # a buffer
 
     def __init__(self, size: int, condition_size: int, hidden: int, blocks: int, time_features: int):
         super().__init__()
@@ -243,6 +258,13 @@ class FlowGenerator(nn.Module):
     """
 
     family = FAMILY
+    # buffers (register_buffer in __init__)
+    stage1_mean: torch.Tensor
+    stage1_std: torch.Tensor
+    axis_coef: torch.Tensor
+    cells_mean: torch.Tensor
+    cells_std: torch.Tensor
+    cell_xy: torch.Tensor
 
     def __init__(self, geometry: Geometry, arch: FlowArchitecture | None = None):
         super().__init__()
@@ -282,7 +304,7 @@ class FlowGenerator(nn.Module):
         return {"family": self.family, "geometry": self.geometry.to_dict(), "architecture": self.arch.to_dict()}
 
     @classmethod
-    def from_spec(cls, spec: dict) -> FlowGenerator:
+    def from_spec(cls, spec: Mapping[str, Any]) -> FlowGenerator:
         if spec.get("family") != FAMILY:
             raise ValueError(f"not a flow generator spec (family {spec.get('family')!r})")
         return cls(Geometry.from_dict(spec["geometry"]), FlowArchitecture.from_dict(spec["architecture"]))
@@ -335,12 +357,14 @@ class FlowGenerator(nn.Module):
         total = layer.sum(dim=1, keepdim=True)
         parts = [observed.log_response, torch.log(layer / total), torch.sqrt(count + u[..., 1])]
         if self.arch.moments:
+            assert observed.mean is not None and observed.width is not None  # observed with moments
             jitter = torch.rand(observed.mean.shape, generator=generator, device=layer.device)
             empty = (count == 0)[:, None, :]
             mean = torch.where(empty, 0.2 * (jitter - 0.5), observed.mean)  # empty layers: a little noise around 0
             width = torch.log(observed.width + WIDTH_FLOOR * (1 + jitter))
             parts += [mean.flatten(1), width.flatten(1)]
             if self.arch.layer_peak:  # an empty layer as a single cell's: fraction 1
+                assert observed.peak is not None  # observed with the layer peak
                 peak = torch.where(count > 0, observed.peak, torch.ones_like(observed.peak))
                 parts.append(torch.log(1 - peak + WIDTH_FLOOR * (1 + jitter[:, 0])))
         return torch.cat(parts, dim=1)
@@ -482,41 +506,79 @@ class FlowGenerator(nn.Module):
         keep = rank < count[:, None, :]
         n_kept = keep.sum(dim=1, keepdim=True).float()
         spare = layer_energy[:, None, :] - thr * n_kept  # (B, 1, z): the energy above the kept cells' thresholds
-        # the kept cells' energies: thr x exp(k (x - x_n)), x_n the lowest kept log energy (that cell gets the
-        # threshold), k such that the layer sums to stage 1's energy; each cell's share of the energy above the
-        # thresholds follows
+        # the kept cells' energies: thr x exp(k a), k such that the layer sums to stage 1's energy, a stage 2's log
+        # energy measured from the lowest kept one (that cell gets the threshold) or, with kept_softness, from the
+        # threshold through a soft floor
         lowest = torch.gather(torch.gather(cells, 1, order), 1, (count[:, None, :] - 1).clamp_min(0).long())
-        above = torch.where(keep, cells - lowest, torch.zeros_like(cells))  # >= 0 where kept
-        spread = _exponent_for_sum(above, keep, (spare / thr).clamp_min(0))
-        excess = torch.where(keep, torch.exp(spread * above) - 1, torch.zeros_like(cells))
-        share = _normalised(excess, keep)
-        fixed = torch.where(keep, torch.full_like(cells, thr), torch.zeros_like(cells))  # what the shares come on
-        free_energy = spare.clamp_min(0)
+        anchored = torch.where(keep, cells - lowest, torch.zeros_like(cells))  # >= 0 where kept
+        mean = width = fraction = None
         if a.moments:
             mean = stats[:, 2:4]  # (B, 2, z) barycentres
             width = (torch.exp(stats[:, 4:6]) - 1.5 * WIDTH_FLOOR).clamp_min(0)
-            share = self.tilt(share, keep, layer_energy, fixed, free_energy, mean, width)
+            if a.layer_peak:
+                fraction = (1 - (torch.exp(stats[:, 6]) - 1.5 * WIDTH_FLOOR)).clamp(0, 1)
+        if not a.kept_softness > 0:
+            energy = self._kept_energies(anchored, keep, layer_energy, spare, mean, width, fraction)
+        else:
+            s = a.kept_softness
+            soft = torch.where(keep, s * nn.functional.softplus((cells - math.log(thr)) / s), torch.zeros_like(cells))
+            energy = self._kept_energies(soft, keep, layer_energy, spare, mean, width, fraction)
+            if mean is not None and width is not None:
+                # stage 2 now and then ranks a cell far from the layer's core among its highest; measured from the
+                # lowest kept cell, k < 1 damped it, from the threshold it can outweigh the core beyond what the tilt
+                # corrects (one shower in a few hundred; its layer's barycentre cells off). A layer keeps the soft
+                # floor where its moments stay as near stage 1's as anchored (within PEAK_TOLERANCE; in part up to
+                # twice that)
+                fallback = self._kept_energies(anchored, keep, layer_energy, spare, mean, width, fraction)
+                miss = [self._moment_miss(e, layer_energy, mean, width) for e in (energy, fallback)]
+                weight = ((miss[1] + 2 * PEAK_TOLERANCE - miss[0]) / PEAK_TOLERANCE).clamp(0.0, 1.0)
+                energy = fallback + weight * (energy - fallback)
+        energy = torch.where(keep, energy, torch.zeros_like(energy))
+        return energy.reshape(-1, *a.grid)
+
+    def _kept_energies(
+        self,
+        above: torch.Tensor,
+        keep: torch.Tensor,
+        layer_energy: torch.Tensor,
+        spare: torch.Tensor,
+        mean: torch.Tensor | None,
+        width: torch.Tensor | None,
+        fraction: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The kept cells' energies (B, x*y, z; 0 elsewhere) from their log energies ``above`` the lowest (0 where not
+        kept): thr x exp(k above) with k per layer such that the layer holds ``layer_energy`` (B, z), ``spare`` (B, 1,
+        z) of it above the kept cells' thresholds; with the barycentres ``mean`` and widths ``width`` (B, 2, z) tilted
+        to them, and with the hottest cell's ``fraction`` of the layer (B, z) that cell set (see the module)."""
+        thr = self.arch.threshold_mev
+        zero = torch.zeros_like(above)
+        spread = _exponent_for_sum(above, keep, (spare / thr).clamp_min(0))
+        share = _normalised(torch.where(keep, torch.exp(spread * above) - 1, zero), keep)
+        fixed = torch.where(keep, torch.full_like(above, thr), zero)  # what the shares come on
+        free_energy = spare.clamp_min(0)
+        if mean is None or width is None:
+            return torch.where(keep, fixed + free_energy * share, zero)
+        share = self.tilt(share, keep, layer_energy, fixed, free_energy, mean, width)
         energy = fixed + free_energy * share
-        if a.layer_peak:  # (only with moments)
+        if fraction is not None:
             # the hottest cell of the tilted layer gets stage 1's fraction of the layer (all of it when alone), and
             # the other kept cells' shares of what is left are tilted again around it; a layer keeps this only where
             # its moments stay as near stage 1's as without it (within PEAK_TOLERANCE cells; in part up to twice
             # that): a hot cell away from the barycentre, which the rest cannot balance, is refused
-            fraction = (1 - (torch.exp(stats[:, 6]) - 1.5 * WIDTH_FLOOR)).clamp(0, 1)
+            n_kept = keep.sum(dim=1, keepdim=True).float()
             hot_extra = (fraction[:, None, :] * layer_energy[:, None, :] - thr).clamp_min(0)
             hot_extra = torch.where(n_kept > 1, torch.minimum(hot_extra, free_energy), free_energy)  # (B, 1, z)
-            index = torch.arange(per_layer, device=cells.device)[None, :, None]
+            index = torch.arange(above.shape[1], device=above.device)[None, :, None]
             hot = keep & (index == share.argmax(dim=1, keepdim=True))
             free = keep & ~hot
             free_energy = free_energy - hot_extra
-            fixed = fixed + torch.where(hot, hot_extra, torch.zeros_like(cells))
+            fixed = fixed + torch.where(hot, hot_extra, zero)
             share = self.tilt(_normalised(share, free), free, layer_energy, fixed, free_energy, mean, width)
             peaked = fixed + free_energy * share
             miss = [self._moment_miss(e, layer_energy, mean, width) for e in (peaked, energy)]
             weight = ((miss[1] + 2 * PEAK_TOLERANCE - miss[0]) / PEAK_TOLERANCE).clamp(0.0, 1.0)
             energy = (energy + weight * (peaked - energy)).clamp_min(thr)  # both hold thr or more: no rounding below
-        energy = torch.where(keep, energy, torch.zeros_like(energy))
-        return energy.reshape(-1, *a.grid)
+        return torch.where(keep, energy, zero)
 
     def _layer_moments(self, energy: torch.Tensor, layer_energy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each layer's transverse barycentre and width (B, 2, z; cell units, 0 in empty layers) of cell energies

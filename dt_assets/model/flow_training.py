@@ -200,7 +200,7 @@ class FlowRecipe:
         return loss.item()
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
+    def validation_losses(self) -> dict[str, float]:
         """The EMA's flow-matching losses on the validation split, and E_sum/E_p of generated showers against
         MC at the conditions of the first validation batch."""
         sums: dict[str, float] = {}
@@ -250,5 +250,5 @@ class FlowRecipe:
         self.model.load_state_dict(start.state_dict())
         self.ema.load_state_dict(start.state_dict())
 
-    def results(self) -> tuple[nn.Module, nn.Module | None]:
+    def results(self) -> tuple[FlowGenerator, None]:
         return self.ema.eval(), None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +152,8 @@ class Generator(nn.Module):
     ReLU, is to switch cells off for good.)
     """
 
+    output_scale: torch.Tensor  # a buffer
+
     def __init__(self, arch: Architecture):
         super().__init__()
         self.arch = arch
@@ -255,6 +258,9 @@ class AngleEstimator(nn.Module):
     that is not theta.) Empty showers give pi/2.
     """
 
+    x: torch.Tensor  # buffers: the cell centres across (mm) and the layer depths (mm)
+    z: torch.Tensor
+
     def __init__(self, geometry: Geometry):
         super().__init__()
         self.register_buffer("x", torch.tensor(geometry.x_centres_mm(), dtype=torch.float32), persistent=False)
@@ -335,7 +341,7 @@ def gan_losses(
             raise ValueError("a fifth loss weight needs the target cell counts")
         terms["counts"] = count_error(out.counts, counts)
     weighted = sum(w * t for w, t in zip(weights, terms.values(), strict=True))
-    return weighted, terms
+    return cast(torch.Tensor, weighted), terms  # sum's start 0 is never returned: there are 4 or 5 terms
 
 
 def count_error(counts: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -51,11 +51,12 @@ class GanRecipe:
         if config.latent_size is not None:  # the generator's input size; the spec in checkpoints records it
             arch = dataclasses.replace(arch, latent_size=config.latent_size)
         transform = data.transform
-        self.model = CaloGenerator(geometry, arch, transform=transform).to(device, memory_format=torch.channels_last_3d)
+        # Module.to takes memory_format; torch's type stubs do not say so (the ignores below)
+        model = CaloGenerator(geometry, arch, transform=transform)
+        self.model: CaloGenerator = model.to(device, memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.discriminator = Discriminator(self.model.arch, geometry, transform.power, transform.mev_per_unit).to(
-            device, memory_format=torch.channels_last_3d
-        )
+        discriminator = Discriminator(self.model.arch, geometry, transform.power, transform.mev_per_unit)
+        self.discriminator: Discriminator = discriminator.to(device, memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         self.opt_g = make_optimizer(self.model.parameters(), config.lr_generator, config.optimizer)
         self.opt_d = make_optimizer(self.discriminator.parameters(), config.lr_discriminator, config.optimizer)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -113,9 +114,9 @@ class GanRecipe:
                 average.lerp_(current, 1.0 - decay)
         return losses
 
-    def validate(self) -> dict[str, float]:
+    def validation_losses(self) -> dict[str, float]:
         refresh_batchnorm(self.ema.net, self._latents(BATCHNORM_BATCHES))
-        return validate(self.ema, self.discriminator, self.data, self.config, self.device, self.autocast)
+        return validation_losses(self.ema, self.discriminator, self.data, self.config, self.device, self.autocast)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -143,12 +144,12 @@ class GanRecipe:
         if payload is not None and "discriminator" in payload:  # a checkpoint: the discriminator too
             self.discriminator.load_state_dict(payload["discriminator"])
 
-    def results(self) -> tuple[nn.Module, nn.Module | None]:
+    def results(self) -> tuple[CaloGenerator, Discriminator]:
         return self.ema.eval(), self.discriminator.eval()
 
 
 @torch.no_grad()
-def validate(
+def validation_losses(
     generator: CaloGenerator,
     discriminator: Discriminator,
     data: TrainingData,

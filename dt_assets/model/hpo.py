@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, cast
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
@@ -159,7 +159,7 @@ class HpoJob:
         return ValidationConfig.from_dict(self.validation)
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Literal["minimize", "maximize"]:
         """``minimize`` for FPD, KPD and the classifier AUC; ``maximize`` for coverage."""
         return "minimize" if SCORES[self.validation_config().score] else "maximize"
 
@@ -300,11 +300,17 @@ def _claim(study: optuna.Study) -> tuple[optuna.Trial, int] | None:
         try:
             if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
                 if _heartbeat_interval(storage):
-                    storage.record_heartbeat(trial_id)
+                    cast(_HeartbeatStorage, storage).record_heartbeat(trial_id)
                 return optuna.Trial(study, trial_id), trial_id
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker claimed and finished it meanwhile
     return None
+
+
+class _HeartbeatStorage(Protocol):
+    """A storage that records heartbeats (RDBStorage): one whose ``get_heartbeat_interval`` gives an interval."""
+
+    def record_heartbeat(self, trial_id: int) -> None: ...
 
 
 def _heartbeat_interval(storage: optuna.storages.BaseStorage) -> int | None:
@@ -324,7 +330,7 @@ class _Heartbeat:
     def _beat(self) -> None:
         while not self.stop.wait(self.interval):
             try:
-                self.storage.record_heartbeat(self.trial_id)
+                cast(_HeartbeatStorage, self.storage).record_heartbeat(self.trial_id)
             except Exception as exc:  # a storage hiccup: the next beat tries again; the grace period covers it
                 log.warning(f"heartbeat of trial id {self.trial_id}: {type(exc).__name__}: {exc}")
 
@@ -428,7 +434,7 @@ class _Objective:
                 checkpoint_dir,
                 self.geometry,
                 storage_options=self.job.storage_options,
-                callbacks=[after_epoch],
+                on_epoch=[after_epoch],
                 device=self.job.device,
             )
         return scores[-1]
@@ -604,7 +610,7 @@ def summarise(study: optuna.Study) -> StudySummary:
         n_trials=len(trials),
         states=states,
         numbers=sorted(t.number for t in trials),
-        best_value=None if best is None else float(best.value),
+        best_value=None if best is None or best.value is None else float(best.value),
         best_params={} if best is None else dict(best.params),
         best_trial=None if best is None else best.number,
         direction=study.direction.name.lower(),

@@ -22,7 +22,7 @@ from ..physics.geometry import get_geometry
 from ..progress import STEPS_EVERY_S, Progress, Snapshot, duration, rate_text
 from .flow_training import FlowTrainConfig
 from .gan3d import Discriminator
-from .generation import FAMILIES, FLOW, GAN, generator_from_payload
+from .generation import FAMILIES, FLOW, GAN, CaloGenerator, generator_from_payload
 from .step import TrainConfig
 from .stream import TrainingData
 from .train import CHECKPOINT_FILE, EpochReport, StepReport, TrainResult, read_checkpoint, train
@@ -124,11 +124,11 @@ class TrainingJob:
 
 def run_job(
     job: TrainingJob,
-    callbacks: Sequence[Callable[[EpochReport], None]] = (),
+    on_epoch: Sequence[Callable[[EpochReport], None]] = (),
     on_step: Sequence[Callable[[StepReport], None]] = (),
 ) -> TrainResult:
     """Train (or resume) the job in this process; under torchrun every rank calls this (rank 0 alone
-    calls ``callbacks`` per epoch and ``on_step`` per step)."""
+    calls ``on_epoch`` per epoch and ``on_step`` per step)."""
     return train(
         job.training_data(),
         job.train_config(),
@@ -136,7 +136,7 @@ def run_job(
         get_geometry(job.geometry),
         storage_options=job.storage_options,
         warm_start=job.warm_start,
-        callbacks=callbacks,
+        on_epoch=on_epoch,
         device=job.device,
         on_step=on_step,
     )
@@ -150,6 +150,7 @@ def read_result(job: TrainingJob, device: str, resumed_from_epoch: int) -> Train
     generator = generator_from_payload(payload, job.checkpoint_url)
     discriminator = None
     if job.family == GAN:
+        assert isinstance(generator, CaloGenerator), f"{job.checkpoint_url}: not a 3DGAN checkpoint"
         discriminator = Discriminator(generator.arch, get_geometry(job.geometry), generator.transform.power)
         discriminator.load_state_dict(payload["discriminator"])
         discriminator.eval()
@@ -237,6 +238,11 @@ class StepProgress:
             if self.epoch is not None:
                 self.epoch.close()
             self.epoch_index = report.epoch
+            epoch, epochs = report.epoch, report.epochs
+
+            def line(snap: Snapshot) -> str:
+                return step_line(epoch, epochs, snap, self.samples)
+
             self.epoch = Progress(
                 report.steps,
                 f"epoch {report.epoch + 1}/{report.epochs}",
@@ -244,7 +250,7 @@ class StepProgress:
                 self.log,
                 self.every_s,
                 bars=self.bars,
-                line=lambda snap, e=report.epoch, n=report.epochs: step_line(e, n, snap, self.samples),
+                line=line,
                 final_line=False,
                 clock=self.clock,
                 started=self.clock() - report.seconds,

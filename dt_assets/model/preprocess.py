@@ -17,6 +17,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -60,6 +61,10 @@ class Transform:
     def forward(self, cells_mev: np.ndarray) -> np.ndarray:
         return self.scale(self.unscaled(cells_mev))
 
+    @overload
+    def inverse(self, scaled: torch.Tensor) -> torch.Tensor: ...
+    @overload
+    def inverse(self, scaled: np.ndarray) -> np.ndarray: ...
     def inverse(self, scaled: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Scaled cells back to MeV (values below the threshold stay as the model made them)."""
         if isinstance(scaled, torch.Tensor):

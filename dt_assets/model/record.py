@@ -174,7 +174,7 @@ def store_checksum(url: str, storage_options: Mapping[str, Any] | None = None) -
 
 def environment(device: str, world_size: int) -> dict[str, Any]:
     """Package versions, Python, platform, device, world size, torch threads and determinism settings."""
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             packages[name] = version(name)

@@ -121,7 +121,8 @@ class SearchSpace:
         unknown = sorted(set(data) - {*PARAMETERS, "family"})
         if unknown:
             raise ValueError(f"search_space: unknown parameter(s) {unknown}; known: {list(PARAMETERS)}")
-        return cls(**{k: v if k == "family" else tuple(v) for k, v in data.items()})
+        fields: dict[str, Any] = {k: v if k == "family" else tuple(v) for k, v in data.items()}
+        return cls(**fields)
 
 
 def apply_parameters(base: TrainConfig | FlowTrainConfig, params: Mapping[str, Any]) -> TrainConfig | FlowTrainConfig:
@@ -131,8 +132,8 @@ def apply_parameters(base: TrainConfig | FlowTrainConfig, params: Mapping[str, A
     if unknown:
         raise ValueError(f"unknown {base.family} hyper-parameter(s) {unknown}; known: {list(known)}")
     if isinstance(base, FlowTrainConfig):
-        changes = {k: int(v) if k in CHOICES else float(v) for k, v in params.items()}
-        return replace(base, **changes)
+        flow_changes: dict[str, Any] = {k: int(v) if k in CHOICES else float(v) for k, v in params.items()}
+        return replace(base, **flow_changes)
     weights = dict(zip(WEIGHTS, base.loss_weights, strict=True))
     weights.update({k: float(v) for k, v in params.items() if k in WEIGHTS})
     changes: dict[str, Any] = {k: v for k, v in params.items() if k not in WEIGHTS}
@@ -142,4 +143,5 @@ def apply_parameters(base: TrainConfig | FlowTrainConfig, params: Mapping[str, A
     for name in CHOICES:
         if name in changes:
             changes[name] = int(changes[name])
-    return replace(base, loss_weights=tuple(weights[k] for k in WEIGHTS), **changes)
+    real_fake, energy, angle, total = (weights[k] for k in WEIGHTS)
+    return replace(base, loss_weights=(real_fake, energy, angle, total), **changes)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .gan3d import Discriminator, DiscriminatorOutput, cell_counts, gan_losses, make_latent
+
+if TYPE_CHECKING:  # generation imports this module's neighbours; only the type is needed here
+    from .generation import CaloGenerator
 
 
 @dataclass
@@ -127,7 +130,7 @@ class GANStep:
 
     def __init__(
         self,
-        generator: nn.Module,
+        generator: CaloGenerator,
         g_model: nn.Module,
         discriminator: Discriminator,
         d_model: nn.Module,
@@ -150,7 +153,7 @@ class GANStep:
     @classmethod
     def single_process(
         cls,
-        generator: nn.Module,
+        generator: CaloGenerator,
         discriminator: Discriminator,
         config: TrainConfig,
         device: torch.device,

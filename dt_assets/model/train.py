@@ -4,7 +4,7 @@ collapse detection.
 One loop (:func:`train`) runs a *recipe*, chosen by the type of the config: :class:`GanRecipe` for a
 :class:`TrainConfig` (the 3DGAN) and :class:`~dt_assets.model.flow_training.FlowRecipe` for a
 :class:`~dt_assets.model.flow_training.FlowTrainConfig` (flow matching). A recipe builds its networks
-and optimisers, takes one step on a batch, validates, and says what its checkpoint holds.
+and optimisers, takes one step on a batch, computes its validation losses, and says what its checkpoint holds.
 
 3DGAN, per step as in the reference: the discriminator trains on a real batch then on a generated
 one (labels flipped with probability ``label_flip``), then the generator trains ``generator_steps``
@@ -130,7 +130,7 @@ def train(
     geometry: Geometry,
     storage_options: Mapping[str, Any] | None = None,
     warm_start: str | None = None,
-    callbacks: Sequence[Callable[[EpochReport], None]] = (),
+    on_epoch: Sequence[Callable[[EpochReport], None]] = (),
     device: str | None = None,
     on_step: Sequence[Callable[[StepReport], None]] = (),
 ) -> TrainResult:
@@ -138,7 +138,7 @@ def train(
 
     The family follows the config: a :class:`TrainConfig` trains a 3DGAN, a
     :class:`~dt_assets.model.flow_training.FlowTrainConfig` the flow-matching generator. On rank 0,
-    each of ``callbacks`` gets every finished epoch's :class:`EpochReport` (after its checkpoint is
+    each of ``on_epoch`` gets every finished epoch's :class:`EpochReport` (after its checkpoint is
     written) and each of ``on_step`` every finished step's :class:`StepReport`.
     """
     ctx = Distributed.from_env()
@@ -213,7 +213,7 @@ def train(
         seconds = time.monotonic() - started
         metrics = {k: v / max(n_steps, 1) for k, v in sums.items()}
         if ctx.is_main:
-            metrics.update(recipe.validate())
+            metrics.update(recipe.validation_losses())
         metrics["epoch"] = epoch
         history.append(metrics)
         done = epoch + 1 - start_epoch
@@ -228,7 +228,7 @@ def train(
         )
         if ctx.is_main:
             _write_checkpoint(checkpoint_url, storage_options, recipe, epoch, history)
-            for callback in callbacks:
+            for callback in on_epoch:
                 callback(report)
         if ctx.world_size > 1:
             dist.barrier()

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import abc
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -284,8 +285,10 @@ class ShowerSteps:
 
 
 def _as_range(value: Range, name: str, allowed: tuple[float, float], unit: str) -> tuple[float, float]:
-    low, high = (value, value) if np.isscalar(value) else tuple(value)  # type: ignore[misc]
-    low, high = float(low), float(high)
+    if np.isscalar(value):
+        low = high = float(cast(float, value))
+    else:  # a pair (a list or an array too): anything else fails to unpack
+        low, high = (float(v) for v in cast(Iterable[float], value))
     if not (np.isfinite(low) and np.isfinite(high)):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if low > high:

@@ -189,10 +189,10 @@ class _Reader:
                 self.source, f"truncated or corrupt data in events {start}-{stop - 1} ({exc})"
             ) from None
         check_deposits(deposits, self.source, first_event=start)
-        if self.angle_key == "eta":
-            theta = 2.0 * np.arctan(np.exp(-angle))
-        elif angle is None:
+        if angle is None:
             theta = np.full(stop - start, np.pi / 2)
+        elif self.angle_key == "eta":
+            theta = 2.0 * np.arctan(np.exp(-angle))
         else:
             theta = angle
         n = stop - start

@@ -22,6 +22,8 @@ The reason names the feature and the object's path.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import h5py
 
 from .errors import UnsafeHdf5Error
@@ -52,7 +54,7 @@ class _Walk:
     def __init__(self, h5: h5py.File, source: str) -> None:
         self.h5, self.source, self.links = h5, source, 0
 
-    def refuse(self, problem: str) -> None:
+    def refuse(self, problem: str) -> NoReturn:
         raise UnsafeHdf5Error(self.source, f"unsafe HDF5: {problem}; refused before any data was read")
 
     def group(self, group: h5py.Group, path: str, depth: int) -> None:
@@ -98,7 +100,7 @@ class _Walk:
             node: h5py.Group = self.h5
             parts = [p for p in path.split("/") if p]
             for i, part in enumerate(parts):
-                kind, value = _link(node, part) if isinstance(node, h5py.Group) else ("missing", None)
+                kind, value = _link(node, part) if isinstance(node, h5py.Group) else ("missing", "")
                 if kind == "missing":
                     self.refuse(f"soft link {where!r} -> {target!r} does not resolve inside the file")
                 if kind != "hard" and kind != "soft":
@@ -114,15 +116,16 @@ class _Walk:
         self.refuse(f"soft link {where!r} -> {target!r} loops")
 
 
-def _link(group: h5py.Group, name: str) -> tuple[str, str | None]:
-    """("hard" | "soft" | "external" | "user" | "missing", what it points at), from the link itself (H5Lexists and
-    H5Lget_info do not traverse it, where ``name in group`` would open an external file)."""
+def _link(group: h5py.Group, name: str) -> tuple[str, str]:
+    """("hard" | "soft" | "external" | "user" | "missing", what it points at; "" for hard and missing), from the
+    link itself (H5Lexists and H5Lget_info do not traverse it, where ``name in group`` would open an external
+    file)."""
     key = name.encode()
     if not group.id.links.exists(key):
-        return "missing", None
+        return "missing", ""
     kind = group.id.links.get_info(key).type
     if kind == h5py.h5l.TYPE_HARD:
-        return "hard", None
+        return "hard", ""
     if kind == h5py.h5l.TYPE_SOFT:
         return "soft", group.id.links.get_val(key).decode(errors="replace")
     if kind == h5py.h5l.TYPE_EXTERNAL:

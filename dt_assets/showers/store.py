@@ -70,7 +70,8 @@ def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
 def shower_encoding(ds: xr.Dataset, chunked: tuple[str, ...] = (DEPOSIT,)) -> dict[str, dict[str, Any]]:
     """Zarr encoding: per-event variables in chunks of events; ``chunked`` cell arrays compressed."""
     encoding: dict[str, dict[str, Any]] = {}
-    for name, variable in ds.data_vars.items():
+    for key, variable in ds.data_vars.items():
+        name = str(key)
         if name in chunked:
             encoding[name] = {
                 "chunks": (EVENTS_PER_CHUNK, *variable.shape[1:]),

@@ -55,6 +55,7 @@ class ShowerSummary:
         self.visible_sum_mev += float(visible.sum())
         self.ratio_sum += float((visible / (energy * 1e3 * self.sampling_fraction)).sum())
         bins = np.clip(np.digitize(energy, ENERGY_BINS_GEV) - 1, 0, len(ENERGY_BINS_GEV) - 2)
+        assert self.profile_sum_mev is not None and self.profile_events is not None  # made above
         np.add.at(self.profile_sum_mev, bins, profile)
         np.add.at(self.profile_events, bins, 1)
 
@@ -65,8 +66,10 @@ class ShowerSummary:
 
     def mean_profiles(self) -> dict[str, np.ndarray]:
         """Mean visible energy per layer (MeV) for each populated energy bin, by bin label."""
-        out = {}
-        for i, count in enumerate(self.profile_events if self.profile_events is not None else []):
+        out: dict[str, np.ndarray] = {}
+        if self.profile_sum_mev is None or self.profile_events is None:  # no events yet
+            return out
+        for i, count in enumerate(self.profile_events):
             if count:
                 label = f"{ENERGY_BINS_GEV[i]:g}-{ENERGY_BINS_GEV[i + 1]:g} GeV ({count} events)"
                 out[label] = self.profile_sum_mev[i] / count

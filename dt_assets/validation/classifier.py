@@ -98,6 +98,8 @@ def _train_and_score(
             val_loss = float(loss_fn(net(data[val]).squeeze(1), target[val]))
         if val_loss < best_loss:
             best_loss, best_state = val_loss, {k: v.clone() for k, v in net.state_dict().items()}
+    if best_state is None:  # every validation loss NaN
+        raise ValueError(f"the classifier's validation loss was never finite ({best_loss})")
     net.load_state_dict(best_state)
     net.eval()
     with torch.no_grad():

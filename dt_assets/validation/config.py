@@ -44,7 +44,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -105,16 +105,18 @@ class GridSettings:
     angle_half_width_rad: float = 0.1
 
     def grid(self) -> ConditionsGrid:
+        # the tuple as given: a wrong length fails in ConditionsGrid, as it did before the annotation
+        energy_range = cast(tuple[float, float], tuple(float(e) for e in self.energy_range_gev))
         if self.energies_gev:
             return ConditionsGrid(
                 energies_gev=tuple(float(e) for e in self.energies_gev),
                 angles_deg=tuple(float(a) for a in self.angles_deg),
                 energy_half_width_gev=self.energy_half_width_gev,
                 angle_half_width_rad=self.angle_half_width_rad,
-                energy_range_gev=tuple(float(e) for e in self.energy_range_gev),
+                energy_range_gev=energy_range,
             )
         return ConditionsGrid.spanning(
-            tuple(float(e) for e in self.energy_range_gev),
+            energy_range,
             self.n_energies,
             tuple(float(a) for a in self.angles_deg),
             self.energy_half_width_gev,
@@ -264,7 +266,7 @@ class ValidationConfig:
             return config
         if isinstance(config, (str, Path)):
             return cls.from_yaml(config)
-        return cls.from_dict(config)
+        return cls.from_dict(cast(Mapping[str, Any], config))  # not a ValidationConfig: cls itself is one
 
 
 def _nested(kind: type, value: Any, name: str) -> Any:

@@ -67,7 +67,7 @@ def summary_rows(result: ValidationResult) -> list[dict[str, float | str | bool 
         if name == "coverage":
             minimum = float(result.config.get("min_coverage", 1.0))
             m = dataclasses.replace(m, threshold=None)
-            check = {"threshold": minimum, "passed": bool(m.value >= minimum)}
+            check: dict[str, float | bool | None] = {"threshold": minimum, "passed": bool(m.value >= minimum)}
         else:
             check = {"threshold": m.threshold, "passed": m.passed}
         rows.append(
@@ -490,9 +490,9 @@ def _cells(result: ValidationResult, ids: Sequence[str] | None) -> list[CellResu
 
 
 def _ratio(values: Sequence[float], reference: np.ndarray) -> np.ndarray:
-    values = np.asarray(values, dtype=float)
-    out = np.full(values.shape, np.nan)
-    np.divide(values, reference, out=out, where=reference > 0)
+    array = np.asarray(values, dtype=float)
+    out = np.full(array.shape, np.nan)
+    np.divide(array, reference, out=out, where=reference > 0)
     return out
 
 

@@ -136,7 +136,7 @@ def validate(
 
 def _failure(m: MetricValue) -> Failure:
     """The failure of a metric's check: ``observable.metric`` in a cell, or a global metric by name."""
-    check = f"{m.observable}.{m.metric}" if m.observable else m.metric
+    check = f"{m.observable}.{m.metric}" if m.observable else str(m.metric)
     reason = f"|{m.value:.4g}| > {m.threshold:g} (MC-vs-MC baseline {m.baseline:.4g})"
     return Failure(check=check, reason=reason, cell=m.cell, observable=m.observable, metric=m.metric)
 
@@ -194,7 +194,7 @@ def _compare_cell(
     for name in cfg.observables:
         o = get_observable(name)
         per_event = {"reference": ref[name][r_idx], "candidate": cand[name][c_idx], "baseline": base[name][b_idx]}
-        if o.binned:
+        if o.bins is not None:  # o.binned
             centres = o.bins(geometry)
             edges = _edges_around(centres)
         else:
