@@ -50,7 +50,7 @@ format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
 docs: install ## Regenerate the configuration reference from the Config classes, then build the site into site/ (fails on a warning)
-	$(PY) -m dt_assets.defs.config_reference docs/reference/configuration.md $(CONFIG_REFERENCE)
+	$(PY) -m dt_assets.config_reference docs/reference/configuration.md $(CONFIG_REFERENCE)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 ui: install ## Start the Dagster UI and daemon on http://127.0.0.1:3000, the loop's sensors on (HOST, PORT to change)

@@ -35,13 +35,14 @@ import numpy as np
 import torch
 
 from dt_assets import get_geometry, simulate_blocks
+from dt_assets.fsio import sha256_json
 from dt_assets.model.flow_training import FlowTrainConfig
 from dt_assets.model.generation import load_generator, save_generator
 from dt_assets.model.preprocess import preprocess_blocks
 from dt_assets.model.step import TrainConfig
 from dt_assets.model.stream import TrainingData
 from dt_assets.model.train import train
-from dt_assets.showers.store import sha256_json, write_blocks
+from dt_assets.showers.store import write_blocks
 from dt_assets.validation.config import ValidationConfig
 from dt_assets.validation.report import write_html
 from dt_assets.validation.samples import generate_grid, simulate_grid

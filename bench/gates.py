@@ -21,8 +21,8 @@ import json
 
 from dt_assets.model.generation import load_generator
 from dt_assets.physics.gflash import DEFAULT_TUNING, GFlashTuning
-from dt_assets.physics.simulator import GFlashSimulator, simulate_blocks
 from dt_assets.showers.schema import concat_blocks
+from dt_assets.simulation import GFlashSimulator, simulate_blocks
 from dt_assets.validation.config import ValidationConfig
 from dt_assets.validation.promotion import gates
 from dt_assets.validation.samples import generate_grid, per_cell, simulate_grid

@@ -27,7 +27,7 @@ from dt_assets import build_generator, get_geometry
 from dt_assets.model.export import INPUTS, example_inputs, export_onnx, onnx_session
 from dt_assets.model.gan3d import Discriminator
 from dt_assets.model.step import Batch, GANStep, TrainConfig
-from dt_assets.physics.simulator import GFlashSimulator, sample_conditions
+from dt_assets.simulation import GFlashSimulator, sample_conditions
 
 
 def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:

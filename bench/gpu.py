@@ -95,7 +95,7 @@ def mc_tensors(geometry, n: int, energy, seed: int) -> tuple[Batch, float]:
     import xarray as xr
 
     from dt_assets.model.preprocess import preprocess_blocks
-    from dt_assets.physics.simulator import simulate_blocks
+    from dt_assets.simulation import simulate_blocks
 
     ds = xr.concat(
         list(
@@ -183,7 +183,7 @@ def flow_fidelity(geometry, device, minutes: float, n_train: int, n_test: int, b
 
     from dt_assets.model.flow import FlowGenerator, ShowerSummary, flow_matching_loss
     from dt_assets.model.flow_training import FlowTrainConfig
-    from dt_assets.physics.simulator import simulate
+    from dt_assets.simulation import simulate
 
     def tensors(n: int, seed: int) -> tuple[torch.Tensor, ...]:
         ds = simulate(n, (10.0, 200.0), (60.0, 120.0), geometry=geometry, seed=seed)

@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 from dt_assets.physics.geometry import get_geometry
-from dt_assets.physics.simulator import GFlashSimulator, sample_conditions
 from dt_assets.progress import Progress, enable_bars
+from dt_assets.simulation import GFlashSimulator, sample_conditions
 
 
 def floor_block(

@@ -65,8 +65,8 @@ CHAMPION_HINT = (
 
 def _example_file(home) -> str:
     """A 3DGAN-layout HDF5 file, as a Geant4 production would deliver it (simulated here)."""
-    from .physics.simulator import simulate
     from .showers.hdf5 import write_hdf5
+    from .simulation import simulate
 
     path = home / "examples" / "demo_3dgan_e-_50-150GeV.h5"
     if not path.exists():
@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from .defs.configs import FlowModelConfig
     from .defs.model import flow_model
+    from .fsio import store_size_bytes
     from .model.registry import default_tracking_uri
-    from .showers.store import open_store, store_size_bytes
+    from .showers.store import open_store
 
     started = time.monotonic()
     session = Session.open()

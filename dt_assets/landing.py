@@ -38,15 +38,16 @@ import numpy as np
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
+from .fsio import atomic_file, is_object_store, move, sha256_stream, url_to_fs
 from .isolation import ChildError, ChildFailedError, Limits, run_isolated
 from .physics.geometry import GEOMETRIES, get_geometry
 from .physics.particles import particle_name, pdg_code
-from .physics.simulator import ENERGY_RANGE_GEV, THETA_RANGE_DEG
 from .runs import FileSpec, zarr_checksum
 from .showers.errors import ShowerDataError, UnsafeHdf5Error
 from .showers.hdf5 import hdf5_blocks
 from .showers.schema import DEPOSIT, dataset_geometry, validate_showers
-from .showers.store import atomic_file, is_object_store, iter_blocks, move, read_showers, sha256_stream, url_to_fs
+from .showers.store import iter_blocks, read_showers
+from .simulation import ENERGY_RANGE_GEV, THETA_RANGE_DEG
 
 #: Names of files still being written by common tools (ignored by :meth:`Landing.scan`).
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".filepart")

@@ -15,12 +15,13 @@ from typing import Any
 
 import xarray as xr
 
+from .fsio import sha256_file, sha256_json, url_to_fs
 from .physics.geometry import DEFAULT_GEOMETRY
 from .physics.particles import particle_name
-from .physics.simulator import RunArguments, simulate_blocks
 from .showers.errors import ShowerDataError
 from .showers.hdf5 import hdf5_blocks
-from .showers.store import iter_blocks, open_store, read_showers, sha256_file, sha256_json, url_to_fs
+from .showers.store import iter_blocks, open_store, read_showers
+from .simulation import RunArguments, simulate_blocks
 
 FILE_LAYOUTS = ("3dgan", "calochallenge", "zarr")
 

@@ -227,8 +227,8 @@ def latest_metadata(port: int, asset: str, host: str = "127.0.0.1") -> dict[str,
 def drop_batch(landing: Path, n_events: int, geometry: str, seed: int) -> Path:
     """Write a new 3DGAN HDF5 batch of Monte Carlo showers into the landing folder, as an uploader
     should: under a temporary name first, renamed when complete."""
-    from .physics.simulator import simulate
     from .showers.hdf5 import write_hdf5
+    from .simulation import simulate
 
     landing.mkdir(parents=True, exist_ok=True)
     name = f"twin-batch-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-s{seed}.h5"

@@ -8,9 +8,9 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from conftest import REPO
+from dt_assets import config_reference
+from dt_assets.config_reference import asset_configs, nested_models
 from dt_assets.definitions import defs
-from dt_assets.defs import config_reference
-from dt_assets.defs.config_reference import asset_configs, nested_models
 from dt_assets.defs.configs import (
     GanModelConfig,
     PreprocessConfig,

@@ -25,10 +25,10 @@ from dt_assets.defs.hpo import default_study_storage, hpo_study
 from dt_assets.defs.model import gan_model
 from dt_assets.defs.pipeline import QUIET, materialize_training_set
 from dt_assets.model.flow_training import FlowTrainConfig
-from dt_assets.model.hpo import HpoJob, claim_trial, enqueue_budget, open_study, run_worker, summarise
 from dt_assets.model.registry import default_tracking_uri
-from dt_assets.model.search_space import SearchSpace, apply_parameters
 from dt_assets.model.step import TrainConfig
+from dt_assets.tuning.hpo import HpoJob, claim_trial, enqueue_budget, open_study, run_worker, summarise
+from dt_assets.tuning.search_space import SearchSpace, apply_parameters
 from resources import KubernetesCompute, LocalCompute, LocalStorage, SlurmCompute, tracking_resource
 
 #: a study small enough for CI: 4 trials of 2 epochs x 2 steps, scored on one cell of 50 events
@@ -136,7 +136,7 @@ def test_a_trial_worse_than_the_median_is_pruned(tmp_path):
 
 CLAIMER = """
 import sys
-from dt_assets.model.hpo import HpoJob, claim_trial, open_study
+from dt_assets.tuning.hpo import HpoJob, claim_trial, open_study
 job = HpoJob.from_json(open(sys.argv[1]).read())
 study = open_study(job, int(sys.argv[2]))
 while (trial := claim_trial(study)) is not None:
@@ -293,7 +293,7 @@ def test_gan_model_refuses_hyperparameters_of_another_geometry(home, instance, t
 DYING_WORKER = """
 import sys, time
 from mlflow import MlflowClient
-from dt_assets.model.hpo import HpoJob, run_worker
+from dt_assets.tuning.hpo import HpoJob, run_worker
 job = HpoJob.from_json(open(sys.argv[1]).read())
 def objective(trial):
     trial.suggest_float("x", 0.0, 1.0)
@@ -352,7 +352,7 @@ def test_heartbeats_and_launchers_are_checked_and_kubernetes_names_what_to_use(t
         HpoJob("s", "sqlite://", ["d"], SMALL, "r", "t", heartbeat_interval_s=5, grace_period_s=5)
     with pytest.raises(dg.Failure, match="set the asset's launcher to 'processes'"):
         KubernetesCompute(image="calotwin").start_workers(
-            dg.build_asset_context(), tmp_path, "dt_assets.model.hpo", ["worker", "job.json"], 2, {}
+            dg.build_asset_context(), tmp_path, "dt_assets.tuning.hpo", ["worker", "job.json"], 2, {}
         )
 
 
@@ -365,7 +365,7 @@ def test_the_workers_array_job_script(tmp_path):
         setup=["module load cuda"],
         extra_directives=["--qos=high"],
     )
-    script = compute.worker_script(tmp_path, "dt_assets.model.hpo", ["worker", "/j/job.json"], 4, {"A": "b c"})
+    script = compute.worker_script(tmp_path, "dt_assets.tuning.hpo", ["worker", "/j/job.json"], 4, {"A": "b c"})
     lines = script.splitlines()
     directives = [line.removeprefix("#SBATCH ") for line in lines if line.startswith("#SBATCH ")]
     assert directives == [
@@ -388,7 +388,7 @@ def test_the_workers_array_job_script(tmp_path):
         "export A='b c'",
     ]
     assert (
-        body[-1] == f'srun {sys.executable} -m dt_assets.model.hpo worker /j/job.json --worker "$SLURM_ARRAY_TASK_ID"'
+        body[-1] == f'srun {sys.executable} -m dt_assets.tuning.hpo worker /j/job.json --worker "$SLURM_ARRAY_TASK_ID"'
     )
 
 

@@ -17,6 +17,7 @@ from conftest import SMALL
 from dt_assets.defs.model import flow_model, gan_model
 from dt_assets.defs.pipeline import materialize_training_set
 from dt_assets.model.cli import main as cli
+from dt_assets.model.generation import download_generator
 from dt_assets.model.record import (
     RECORD_TAG,
     SCHEMA_VERSION,
@@ -27,7 +28,7 @@ from dt_assets.model.record import (
     reproduce,
     verify_data,
 )
-from dt_assets.model.registry import default_tracking_uri, download_generator
+from dt_assets.model.registry import default_tracking_uri
 from dt_assets.version import __version__
 from resources import LocalCompute, LocalStorage, tracking_resource
 

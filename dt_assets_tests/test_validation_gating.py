@@ -15,8 +15,8 @@ import xarray as xr
 
 from dt_assets import ShowerDataError, validate
 from dt_assets.physics.geometry import get_geometry
-from dt_assets.physics.simulator import simulate
 from dt_assets.showers.schema import DEPOSIT, shower_dataset
+from dt_assets.simulation import simulate
 from dt_assets.validation.config import ValidationConfig
 from dt_assets.validation.promotion import decide_promotion, gates
 from dt_assets.validation.samples import per_cell, simulate_grid

@@ -3,7 +3,7 @@
 ``LocalStorage`` (the default) keeps everything under the data home (``$CALOTWIN_HOME``, default
 ``.calotwin``). ``ObjectStorage`` takes any fsspec URL (``s3://bucket/prefix`` for an
 S3-compatible object store, with its ``storage_options``). Asset code sees only
-:class:`StorageResource`; writes are atomic in both (see :mod:`dt_assets.showers.store`).
+:class:`StorageResource`; writes are atomic in both (see :mod:`dt_assets.fsio`).
 
 From the environment (:func:`storage_from_env`, what the Definitions use):
 
@@ -27,8 +27,8 @@ from typing import Any
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from dt_assets.fsio import atomic_file, url_to_fs
 from dt_assets.home import calotwin_home
-from dt_assets.showers.store import atomic_file, url_to_fs
 
 STORAGE_URL_ENV = "CALOTWIN_STORAGE_URL"
 STORAGE_OPTIONS_ENV = "CALOTWIN_STORAGE_OPTIONS"

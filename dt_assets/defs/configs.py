@@ -8,14 +8,14 @@ from typing import Any, ClassVar, Literal
 import dagster as dg
 from pydantic import Field, field_validator, model_validator
 
+from ..fsio import sha256_json
 from ..model.flow_training import FlowTrainConfig
 from ..model.registry import DEFAULT_MODEL_NAME
-from ..model.search_space import SearchSpace, family_parameters
 from ..model.train import TrainConfig
 from ..physics.geometry import DEFAULT_GEOMETRY, GEOMETRIES
-from ..physics.simulator import ENERGY_RANGE_GEV, THETA_RANGE_DEG
 from ..runs import SimulationSpec
-from ..showers.store import sha256_json
+from ..simulation import ENERGY_RANGE_GEV, THETA_RANGE_DEG
+from ..tuning.search_space import SearchSpace, family_parameters
 from ..validation.config import SCORES, GridSettings, ValidationConfig
 
 #: a geometry preset's name: an enum in the launchpad (a dropdown, and an unknown name is refused before launch)

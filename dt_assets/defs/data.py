@@ -9,10 +9,11 @@ import numpy as np
 
 from resources.storage import StorageResource
 
+from ..fsio import store_size_bytes
 from ..plots import longitudinal_profile_png
 from ..progress import Progress
 from ..runs import FileSpec, RunSpec, file_spec, spec_from_dict
-from ..showers.store import store_size_bytes, write_showers
+from ..showers.store import write_showers
 from ..showers.summary import ShowerSummary, summarised
 from .configs import SimulationRunsConfig
 from .data_checks import raw_showers_check_results, raw_showers_check_specs

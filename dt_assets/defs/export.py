@@ -13,6 +13,7 @@ import torch
 
 from resources import ModelRegistry, StorageResource
 
+from ..fsio import atomic_file
 from ..model.export import (
     INTERFACE_FILE,
     ONNX_FILE,
@@ -27,7 +28,6 @@ from ..model.export import (
 )
 from ..model.generation import load_generator
 from ..model.registry import resolve_version, version_uri
-from ..showers.store import atomic_file
 from .configs import ExportedGeneratorConfig
 from .validation import champion_model
 

@@ -3,7 +3,7 @@ judged by the physics validation.
 
 ``hpo_study`` simulates a small MC reference for scoring (once per grid, under
 ``hpo/references/``), puts the study's trial budget in the Optuna storage, starts ``n_workers``
-workers (``python -m dt_assets.model.hpo worker``) that share the study through the compute
+workers (``python -m dt_assets.tuning.hpo worker``) that share the study through the compute
 resource (processes on this machine, or one Slurm array job), and waits for them. Trials write
 their checkpoints under ``hpo/<study>/trials/`` (only the best trial's are kept unless told);
 the best trial's parameters go to ``hpo/<study>/best.json`` and to ``hpo/hpo_study.json`` (the
@@ -25,8 +25,11 @@ from optuna.trial import TrialState
 
 from resources.compute import ComputeResource, LocalCompute, first_exception, log_tail
 
+from ..fsio import sha256_json
 from ..home import calotwin_home
-from ..model.hpo import (
+from ..progress import Progress
+from ..showers.store import write_showers
+from ..tuning.hpo import (
     ERROR_ATTR,
     HpoJob,
     StudySummary,
@@ -36,8 +39,6 @@ from ..model.hpo import (
     redact,
     summarise,
 )
-from ..progress import Progress
-from ..showers.store import sha256_json, write_showers
 from ..validation.config import ValidationConfig
 from ..validation.samples import simulate_grid
 from .configs import HpoStudyConfig
@@ -48,7 +49,7 @@ from .preprocess import training_set
 #: MC seed of the scoring reference: apart from the training runs', mc_reference's and generated_showers' seeds
 REFERENCE_SEED = 3_000_000
 POLL_S = 2.0
-WORKER_MODULE = "dt_assets.model.hpo"
+WORKER_MODULE = "dt_assets.tuning.hpo"
 
 
 def default_study_storage() -> str:

@@ -23,9 +23,9 @@ import dagster as dg
 
 from resources import StorageResource
 
+from ..fsio import sha256_json
 from ..landing import Accepted, Entry, Landing, Quarantined
 from ..runs import FileSpec, file_spec, spec_from_dict
-from ..showers.store import sha256_json
 from .data import runs_table, simulation_runs
 from .jobs import ingest_runs_job
 from .partitions import simulation_runs_partitions

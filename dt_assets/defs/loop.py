@@ -29,8 +29,9 @@ import dagster as dg
 
 from resources import ModelRegistry, StorageResource
 
+from ..fsio import sha256_json
 from ..model.registry import alias_version, version_uri
-from ..showers.store import open_store, sha256_json
+from ..showers.store import open_store
 from .jobs import TRAINING_JOBS, ingest_runs_job, promote_job, validate_model_job
 from .landing import LOOP_TAG, SETTINGS, busy, land_files_job, landing_sensors, on_run_status, sensor_status
 from .model import TRAINING_ASSETS

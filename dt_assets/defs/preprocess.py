@@ -4,9 +4,10 @@ import dagster as dg
 
 from resources.storage import StorageResource
 
+from ..fsio import store_size_bytes
 from ..model.manifest import build_manifest
 from ..model.preprocess import SPLITS, Transform, preprocess_blocks
-from ..showers.store import iter_blocks, open_store, store_size_bytes, write_blocks
+from ..showers.store import iter_blocks, open_store, write_blocks
 from .configs import PreprocessConfig
 from .data import raw_showers
 from .partitions import simulation_runs_partitions

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..home import calotwin_home
 from ..landing import LandingChecks
-from ..physics.simulator import ENERGY_RANGE_GEV, THETA_RANGE_DEG
+from ..simulation import ENERGY_RANGE_GEV, THETA_RANGE_DEG
 from .configs import (
     ChampionConfig,
     FlowModelConfig,

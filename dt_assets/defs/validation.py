@@ -18,11 +18,12 @@ import xarray as xr
 
 from resources import ModelRegistry, StorageResource
 
+from ..fsio import atomic_file, sha256_json, url_to_fs
 from ..model.generation import ShowerGenerator, generate, load_generator
 from ..model.registry import alias_version, log_to_run, resolve_version, set_alias, tag_version, version_uri
-from ..physics.simulator import simulate
 from ..progress import Progress
-from ..showers.store import atomic_file, read_showers, sha256_json, url_to_fs, write_showers
+from ..showers.store import read_showers, write_showers
+from ..simulation import simulate
 from ..validation.config import ValidationConfig
 from ..validation.promotion import decide_promotion, gates
 from ..validation.report import coverage_map_png, markdown_summary, profiles_png, summary_rows

@@ -161,8 +161,9 @@ def reproduce_command(model_uri: str, checkpoint: str, device: str = "cpu", trac
     """The ``reproduce`` subcommand: rebuild, compare with the registered weights, print the verdict."""
     import mlflow
 
+    from .generation import download_generator
     from .record import DataChangedError, compare_weights, read_record, reproduce
-    from .registry import default_tracking_uri, download_generator
+    from .registry import default_tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
     record = read_record(model_uri)

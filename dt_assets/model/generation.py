@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,11 +25,11 @@ import torch
 import xarray as xr
 from torch import nn
 
+from ..fsio import atomic_file, url_to_fs
 from ..physics.geometry import DEFAULT_GEOMETRY, Geometry, get_geometry
 from ..physics.particles import pdg_code
-from ..physics.simulator import RunArguments, sample_conditions
 from ..showers.schema import EVENTS_PER_CHUNK, concat_blocks, shower_dataset
-from ..showers.store import atomic_file, url_to_fs
+from ..simulation import RunArguments, sample_conditions
 from .flow import FlowGenerator
 from .gan3d import Architecture, Generator, architecture_for, calibrate_output, latent_from_noise, make_latent
 from .preprocess import Transform
@@ -170,14 +171,23 @@ def load_generator(model_uri: str, storage_options: Mapping[str, Any] | None = N
     training loop hold the generator too. Weights load with ``weights_only=True``.
     """
     if model_uri.startswith("models:/"):
-        from .registry import download_generator  # MLflow is imported only for registry URIs
-
         return download_generator(model_uri)
     fs, path = url_to_fs(model_uri, storage_options)
     if not fs.exists(path):
         raise FileNotFoundError(f"{model_uri}: no such generator or checkpoint")
     with fs.open(path, "rb") as handle:
         return generator_from_bytes(handle.read(), model_uri)
+
+
+def download_generator(model_uri: str) -> ShowerGenerator:
+    """Load the generator of a registry URI (``models:/name@alias`` or ``models:/name/N``)."""
+    import mlflow  # imported only for registry URIs (it is slow to import)
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    path = local / "extra_files" / GENERATOR_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{model_uri}: the model has no CaloTwin generator file ({path.name})")
+    return generator_from_bytes(path.read_bytes(), model_uri)
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ..showers.store import open_store, sha256_json
+from ..fsio import sha256_json
+from ..showers.store import open_store
 from .preprocess import SPLITS
 
 

@@ -40,9 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..fsio import atomic_file, sha256_file, sha256_json, url_to_fs
 from ..showers.errors import ShowerDataError
 from ..showers.schema import EVENTS_PER_CHUNK
-from ..showers.store import atomic_file, open_store, sha256_file, sha256_json, url_to_fs
+from ..showers.store import open_store
 from ..version import __version__
 from .job import TrainingJob, run_job
 from .preprocess import CELLS, SPLITS

@@ -1,8 +1,9 @@
 """The MLflow model registry for generators: log, register, tag, alias and load back without pickle.
 
 A generator is logged with ``mlflow.pytorch.log_model`` (the MLflow model, for MLflow's own tools)
-and carries CaloTwin's generator file as an extra file; :func:`download_generator` reads only that
-file, with ``torch.load(weights_only=True)``. The embedded default is a sqlite tracking store under
+and carries CaloTwin's generator file as an extra file;
+:func:`~dt_assets.model.generation.download_generator` reads only that file, with
+``torch.load(weights_only=True)``. The embedded default is a sqlite tracking store under
 the data home (MLflow 3 refuses a plain file store); any tracking server works by URI.
 """
 
@@ -22,7 +23,7 @@ from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
 
 from ..home import calotwin_home
-from .generation import GENERATOR_FILE, ShowerGenerator, generator_from_bytes, save_generator
+from .generation import GENERATOR_FILE, ShowerGenerator, save_generator
 
 #: the registered model both generator families register their versions in (before the flow family, CaloTwin
 #: registered 3DGANs as "calotwin-3dgan": :func:`rename_registered_model` carries such a store over)
@@ -124,15 +125,6 @@ def rename_registered_model(old: str = LEGACY_MODEL_NAME, new: str = DEFAULT_MOD
 
 def set_alias(alias: str, version: str | int, registered_model_name: str = DEFAULT_MODEL_NAME) -> None:
     MlflowClient().set_registered_model_alias(registered_model_name, alias, str(version))
-
-
-def download_generator(model_uri: str) -> ShowerGenerator:
-    """Load the generator of a registry URI (``models:/name@alias`` or ``models:/name/N``)."""
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-    path = local / "extra_files" / GENERATOR_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{model_uri}: the model has no CaloTwin generator file ({path.name})")
-    return generator_from_bytes(path.read_bytes(), model_uri)
 
 
 def resolve_version(model_uri: str) -> ModelVersion:

@@ -35,8 +35,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..fsio import atomic_file, url_to_fs
 from ..physics.geometry import Geometry
-from ..showers.store import atomic_file, url_to_fs
 from .flow_training import FlowRecipe, FlowTrainConfig
 from .gan3d import Discriminator
 from .gan_training import GanRecipe

@@ -30,6 +30,7 @@ import numpy as np
 import xarray as xr
 from fsspec.implementations.local import LocalFileSystem
 
+from ..fsio import sha256_file, url_to_fs
 from ..physics.geometry import Geometry, geometry_for_cells, geometry_for_shape, get_geometry
 from ..physics.particles import pdg_code
 from .errors import ShowerDataError
@@ -43,7 +44,7 @@ from .schema import (
     shower_dataset,
     validate_showers,
 )
-from .store import iter_blocks, sha256_file, url_to_fs
+from .store import iter_blocks
 
 LAYOUTS = ("3dgan", "calochallenge")
 _ECAL_SCALE_TO_MEV = {"GeV": 1e3, "MeV": 1.0}

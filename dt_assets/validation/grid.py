@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..physics.simulator import ENERGY_RANGE_GEV, THETA_RANGE_DEG
+from ..simulation import ENERGY_RANGE_GEV, THETA_RANGE_DEG
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ Add your own with the array methods of :class:`Sample` (each returns one value p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -189,3 +190,8 @@ def ks(ref: Sample, cand: Sample) -> np.ndarray:
 
 #: The metrics a default validation computes per observable and condition cell.
 DEFAULT_METRICS = tuple(METRICS)
+
+
+def finite_or_none(x: float | None) -> float | None:
+    """``x`` as a float, or None where it is None or not finite (JSON has no NaN)."""
+    return float(x) if x is not None and math.isfinite(x) else None

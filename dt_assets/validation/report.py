@@ -24,15 +24,18 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from ..plots import _png
+from .metrics import finite_or_none
 from .observables import OBSERVABLES
-from .result import CellResult, MetricValue, ValidationResult, finite_or_none
+
+if TYPE_CHECKING:  # annotations only: the result renders itself with this module (ValidationResult.to_html)
+    from .result import CellResult, MetricValue, ValidationResult
 
 #: Resolution of every figure (dots per inch): small files, a 15-cell report stays well under 2 MB.
 DPI = 80

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SCORES
+from .metrics import finite_or_none
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,6 @@ class ValidationResult:
         from .report import write_html
 
         return write_html(self, Path(path))
-
-
-def finite_or_none(x: float) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
 
 
 def _json_safe(value: Any) -> Any:

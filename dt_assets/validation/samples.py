@@ -15,8 +15,8 @@ import numpy as np
 import xarray as xr
 
 from ..physics.geometry import Geometry
-from ..physics.simulator import simulate
 from ..showers.schema import concat_blocks
+from ..simulation import simulate
 from .grid import Cell, ConditionsGrid
 
 

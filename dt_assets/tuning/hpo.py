@@ -28,7 +28,7 @@ FAILED). A worker leaves only when no trial is WAITING or RUNNING, so a lost tri
 while one worker lives. The lost trial stays in the study as FAIL and does not count toward the
 budget; its retry names it (``system_attrs["failed_trial"]``).
 
-A worker is a plain process: ``python -m dt_assets.model.hpo worker JOB.json --worker N``, where
+A worker is a plain process: ``python -m dt_assets.tuning.hpo worker JOB.json --worker N``, where
 JOB.json is an :class:`HpoJob` (what the ``hpo_study`` asset writes). The asset starts its workers
 through the compute resource: processes on this machine, or one Slurm array job (``--worker
 $SLURM_ARRAY_TASK_ID``). Workers on several nodes need a storage they all reach (PostgreSQL or
@@ -56,17 +56,18 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
+from ..fsio import url_to_fs
+from ..model.flow_training import FlowTrainConfig
+from ..model.generation import generator_from_payload
+from ..model.step import TrainConfig, TrainingCollapsedError
+from ..model.stream import TrainingData
+from ..model.train import EpochReport, read_checkpoint, train
 from ..physics.geometry import get_geometry
-from ..showers.store import read_showers, url_to_fs
+from ..showers.store import read_showers
 from ..validation.config import SCORES, ValidationConfig
 from ..validation.samples import generate_grid
 from ..validation.validate import validate
-from .flow_training import FlowTrainConfig
-from .generation import generator_from_payload
 from .search_space import PARAMETERS, SearchSpace, apply_parameters
-from .step import TrainConfig, TrainingCollapsedError
-from .stream import TrainingData
-from .train import EpochReport, read_checkpoint, train
 
 __all__ = [
     "PARAMETERS",
@@ -83,7 +84,7 @@ __all__ = [
     "summarise",
 ]
 
-log = logging.getLogger("dt_assets.model.hpo")  # the same name when run as __main__
+log = logging.getLogger("dt_assets.tuning.hpo")  # the same name when run as __main__
 
 #: a sqlite writer waits this long for another worker's lock before giving up
 SQLITE_TIMEOUT_S = 120.0
@@ -655,7 +656,7 @@ def optimisation_plots(study: optuna.Study) -> dict[str, bytes]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dt_assets.model.hpo", description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(prog="python -m dt_assets.tuning.hpo", description=__doc__.split("\n", 1)[0])
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="claim and run the study's waiting trials until none is left")
     worker.add_argument("job", help="the HpoJob JSON file (the hpo_study asset writes one per study)")

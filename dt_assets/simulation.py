@@ -25,11 +25,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..showers.schema import EVENTS_PER_CHUNK, concat_blocks, shower_dataset
-from ..version import __version__
-from . import gflash
-from .geometry import DEFAULT_GEOMETRY, Geometry, get_geometry
-from .particles import PHOTON, pdg_code
+from .physics import gflash
+from .physics.geometry import DEFAULT_GEOMETRY, Geometry, get_geometry
+from .physics.particles import PHOTON, pdg_code
+from .showers.schema import EVENTS_PER_CHUNK, concat_blocks, shower_dataset
+from .version import __version__
 
 #: The range the parametrization and the geometries are validated for.
 ENERGY_RANGE_GEV = (1.0, 500.0)

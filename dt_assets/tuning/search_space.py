@@ -1,4 +1,4 @@
-"""The search space of the hyper-parameter optimisation (:mod:`dt_assets.model.hpo`), without Optuna.
+"""The search space of the hyper-parameter optimisation (:mod:`dt_assets.tuning.hpo`), without Optuna.
 
 The tunable parameters are named as the fields of the training asset's config (``gan_model`` for the
 3DGAN, ``flow_model`` for the flow family), so a study's best parameters feed a training as they are
@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .flow_training import FlowTrainConfig
-from .step import TrainConfig
+from ..model.flow_training import FlowTrainConfig
+from ..model.step import TrainConfig
 
 __all__ = ["FLOW_PARAMETERS", "GAN_PARAMETERS", "PARAMETERS", "SearchSpace", "apply_parameters", "family_parameters"]
 
