@@ -193,7 +193,7 @@ def test_kept_cells_below_the_threshold_do_not_stretch_the_layers():
     arch = {"tilt_iterations": 0, "layer_peak": False}
     soft = FlowGenerator(GEOMETRY, flow_architecture_for(GEOMETRY, **arch))
     anchored = FlowGenerator(GEOMETRY, flow_architecture_for(GEOMETRY, kept_softness=0.0, **arch))
-    assert soft.arch.kept_softness == 0.6  # the default
+    assert soft.arch.kept_softness == 1.0  # the default
     observer = FlowGenerator(GEOMETRY)  # observes the hottest cell too
     truth = observer.observe(deposits, energy, theta)
     noise = torch.Generator().manual_seed(0)
@@ -212,10 +212,10 @@ def test_kept_cells_below_the_threshold_do_not_stretch_the_layers():
         widths[name] = layer_moment_errors(observer, made, energy, theta, truth)["width"]
         layers = made.reshape(len(made), -1, GEOMETRY.n_layers).sum(dim=1)
         assert torch.allclose(layers, truth.layer, rtol=3e-4, atol=1e-3)  # the layer energies (above thr) are kept
-    # measured: the cells above e x thr 0.030 off in log (0.63 anchored at the lowest kept cell), the layer widths
-    # 0.025 cells (0.21); with the cells as they are, 0.031 and 0.053 (0.14 and 0.084 anchored)
-    assert errors["soft"] < 0.08 and errors["soft"] < errors["anchored"] / 5, errors
-    assert widths["soft"] < 0.05 and widths["soft"] < widths["anchored"] / 4, widths
+    # measured: the cells above e x thr 0.11 off in log (0.63 anchored at the lowest kept cell), the layer widths
+    # 0.055 cells (0.21); with the cells as they are, 0.096 and 0.068 (0.14 and 0.084 anchored)
+    assert errors["soft"] < 0.16 and errors["soft"] < errors["anchored"] / 4, errors
+    assert widths["soft"] < 0.08 and widths["soft"] < widths["anchored"] / 3, widths
 
 
 def test_a_stray_hot_cell_leaves_no_layer_further_from_stage_one_than_the_anchored_assembly():
@@ -245,7 +245,7 @@ def test_a_stray_hot_cell_leaves_no_layer_further_from_stage_one_than_the_anchor
         return ((got.mean - mean).abs() + (got.width - width).abs()).sum(dim=1)
 
     excess = miss(soft) - miss(anchored)
-    # measured: at most 0.021 worse; without the fall-back, 7 layers more than 0.1 worse, by up to 4.9 cells
+    # measured: at most 0.044 worse; without the fall-back, 9 layers more than 0.1 worse, by up to 4.9 cells
     assert excess.max() < 2 * PEAK_TOLERANCE, excess.max()
 
 

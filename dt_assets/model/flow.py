@@ -112,7 +112,7 @@ class FlowArchitecture:
     #: lowest kept cell (it gets the threshold), as models saved before this field do: those cells then stretch every
     #: layer's range of log energies, the k that gives stage 1's energy falls to 0.75-0.87 (1.02-1.10 with MC's own
     #: cells), the layers come out too wide and the moment tilt's narrowing takes their skewness (bench/README.md).
-    kept_softness: float = 0.6
+    kept_softness: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("stage1_hidden", "stage1_blocks", "stage2_hidden", "stage2_blocks", "time_features"):
