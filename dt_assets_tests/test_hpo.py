@@ -27,8 +27,12 @@ from dt_assets.defs.pipeline import QUIET, materialize_training_set
 from dt_assets.model.flow_training import FlowTrainConfig
 from dt_assets.model.registry import default_tracking_uri
 from dt_assets.model.step import TrainConfig
-from dt_assets.tuning.hpo import HpoJob, claim_trial, enqueue_budget, open_study, run_worker, summarise
+from dt_assets.tuning.claiming import claim_trial, enqueue_budget
+from dt_assets.tuning.job import HpoJob
 from dt_assets.tuning.search_space import SearchSpace, apply_parameters
+from dt_assets.tuning.storage import open_study
+from dt_assets.tuning.summary import summarise
+from dt_assets.tuning.worker import run_worker
 from resources import KubernetesCompute, LocalCompute, LocalStorage, SlurmCompute, tracking_resource
 
 #: a study small enough for CI: 4 trials of 2 epochs x 2 steps, scored on one cell of 50 events
@@ -136,7 +140,9 @@ def test_a_trial_worse_than_the_median_is_pruned(tmp_path):
 
 CLAIMER = """
 import sys
-from dt_assets.tuning.hpo import HpoJob, claim_trial, open_study
+from dt_assets.tuning.claiming import claim_trial
+from dt_assets.tuning.job import HpoJob
+from dt_assets.tuning.storage import open_study
 job = HpoJob.from_json(open(sys.argv[1]).read())
 study = open_study(job, int(sys.argv[2]))
 while (trial := claim_trial(study)) is not None:
@@ -293,7 +299,8 @@ def test_gan_model_refuses_hyperparameters_of_another_geometry(home, instance, t
 DYING_WORKER = """
 import sys, time
 from mlflow import MlflowClient
-from dt_assets.tuning.hpo import HpoJob, run_worker
+from dt_assets.tuning.job import HpoJob
+from dt_assets.tuning.worker import run_worker
 job = HpoJob.from_json(open(sys.argv[1]).read())
 def objective(trial):
     trial.suggest_float("x", 0.0, 1.0)

@@ -17,9 +17,9 @@ import pytest
 import xarray as xr
 
 from conftest import SMALL
-from dt_assets import landing as landing_module
 from dt_assets import simulate, write_hdf5, write_showers
-from dt_assets.landing import Accepted, Landing, LandingChecks, Quarantined, safe_name, sanitized
+from dt_assets.landing import Accepted, Landing, LandingChecks, Quarantined, areas, safe_name, sanitized
+from dt_assets.physics.geometry import get_geometry
 from dt_assets.runs import zarr_checksum
 from dt_assets.showers.store import write_blocks
 
@@ -420,7 +420,7 @@ def test_quarantine_never_overwrites_and_lists_newest_first(area, landing_dir, t
         def now(cls, tz=None):
             return datetime(2020, 1, 2, 3, 4, 5, 678, tzinfo=UTC)
 
-    monkeypatch.setattr(landing_module, "datetime", FrozenClock)
+    monkeypatch.setattr(areas, "datetime", FrozenClock)
     results = []
     for content in (b"first", b"second"):
         (landing_dir / "bad.h5").write_bytes(content)
@@ -475,7 +475,7 @@ def test_landing_on_an_fsspec_store(memory_prefix, showers):
 
 def test_a_file_built_to_exhaust_memory_is_quarantined_and_the_next_one_accepted(tmp_path, landing_dir, showers):
     # 6 kB on disk: a self-described 400^3-cell grid of compressed zeros, 256 MB per shower once read
-    geometry = landing_module.get_geometry(SMALL).to_dict() | {"name": "huge", "n_x": 400, "n_y": 400, "n_layers": 400}
+    geometry = get_geometry(SMALL).to_dict() | {"name": "huge", "n_x": 400, "n_y": 400, "n_layers": 400}
     with h5py.File(landing_dir / "huge.h5", "w") as h5:
         h5.attrs["geometry_json"] = json.dumps(geometry)
         h5.create_dataset("ECAL", (2, 400, 400, 400), np.float32, chunks=(1, 100, 100, 100), compression="gzip")

@@ -136,8 +136,8 @@ def test_coverage_map_is_a_png_coloured_by_verdict(corrupted, passing):
         return float(np.mean(np.all(np.abs(image[..., :3] - rgb) < 0.02, axis=-1)))
 
     assert not any(c.passed for c in corrupted.cells) and all(c.passed for c in passing.cells)
-    assert share(failed, report._FAIL) > 0.2 and share(failed, report._PASS) == 0
-    assert share(passed, report._PASS) > 0.2 and share(passed, report._FAIL) == 0
+    assert share(failed, report.figures._FAIL) > 0.2 and share(failed, report.figures._PASS) == 0
+    assert share(passed, report.figures._PASS) > 0.2 and share(passed, report.figures._FAIL) == 0
 
 
 def test_profile_and_distribution_figures(corrupted):

@@ -29,16 +29,11 @@ from ..fsio import sha256_json
 from ..home import calotwin_home
 from ..progress import Progress
 from ..showers.store import write_showers
-from ..tuning.hpo import (
-    ERROR_ATTR,
-    HpoJob,
-    StudySummary,
-    enqueue_budget,
-    open_study,
-    optimisation_plots,
-    redact,
-    summarise,
-)
+from ..tuning.claiming import enqueue_budget
+from ..tuning.job import HpoJob
+from ..tuning.storage import open_study, redact
+from ..tuning.summary import StudySummary, optimisation_plots, summarise
+from ..tuning.worker import ERROR_ATTR
 from ..validation.config import ValidationConfig
 from ..validation.samples import simulate_grid
 from .configs import HpoStudyConfig
