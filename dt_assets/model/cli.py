@@ -85,11 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--model-uri", required=True, help="models:/name/N or models:/name@alias")
     r.add_argument("--checkpoint", required=True, help="an empty checkpoint folder for the new training")
     r.add_argument("--device", default="cpu")
-    r.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: CaloTwin's, see README)")
+    r.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: CaloTwin's, see the configuration reference)",
+    )
     m = commands.add_parser("rename-model", help="rename a registered model (its versions and aliases go along)")
     m.add_argument("--from", dest="old", default=None, help="default calotwin-3dgan (the name before the flow family)")
     m.add_argument("--to", dest="new", default=None, help="default calotwin-generator")
-    m.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: CaloTwin's, see README)")
+    m.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: CaloTwin's, see the configuration reference)",
+    )
     args = parser.parse_args(argv)
     if args.command == "reproduce":
         return reproduce_command(args.model_uri, args.checkpoint, args.device, args.tracking_uri)
