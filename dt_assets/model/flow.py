@@ -20,7 +20,9 @@ first, then assembles the showers (:meth:`FlowGenerator.assemble`):
 1. in each layer the cells stage 2 ranks highest are kept, as many as stage 1 asked for;
 2. their energies follow stage 2's log energies ``x`` measured from the threshold through a soft
    floor: ``thr x exp(k a)``, ``a = s softplus((x - log thr) / s)`` (``kept_softness``), with ``k``
-   such that the layer carries exactly stage 1's energy;
+   such that the layer carries exactly stage 1's energy (a layer whose moments this would take
+   further from stage 1's than measuring from its lowest kept cell, which gets the threshold, is
+   assembled that way instead: a stray hot cell far from the core);
 3. the energy above the thresholds is re-weighted by an exponential tilt in x, y, x^2, y^2 so that
    the layer's barycentre and width become stage 1's (where the kept cells allow it); with
    ``layer_peak`` this is done first, then the tilted layer's hottest cell gets stage 1's fraction
@@ -530,11 +532,8 @@ class FlowGenerator(nn.Module):
                 # floor where its moments stay as near stage 1's as anchored (within PEAK_TOLERANCE; in part up to
                 # twice that)
                 fallback = self._kept_energies(anchored, keep, layer_energy, spare, mean, width, fraction)
-                miss = [self._moment_miss(e, layer_energy, mean, width) for e in (energy, fallback)]
-                weight = ((miss[1] + 2 * PEAK_TOLERANCE - miss[0]) / PEAK_TOLERANCE).clamp(0.0, 1.0)
-                energy = fallback + weight * (energy - fallback)
-        energy = torch.where(keep, energy, torch.zeros_like(energy))
-        return energy.reshape(-1, *a.grid)
+                energy = self._unless_further(energy, fallback, layer_energy, mean, width)
+        return energy.reshape(-1, *a.grid)  # 0 where not kept (both candidates are)
 
     def _kept_energies(
         self,
@@ -575,10 +574,24 @@ class FlowGenerator(nn.Module):
             fixed = fixed + torch.where(hot, hot_extra, zero)
             share = self.tilt(_normalised(share, free), free, layer_energy, fixed, free_energy, mean, width)
             peaked = fixed + free_energy * share
-            miss = [self._moment_miss(e, layer_energy, mean, width) for e in (peaked, energy)]
-            weight = ((miss[1] + 2 * PEAK_TOLERANCE - miss[0]) / PEAK_TOLERANCE).clamp(0.0, 1.0)
-            energy = (energy + weight * (peaked - energy)).clamp_min(thr)  # both hold thr or more: no rounding below
+            # both hold thr or more: no rounding below
+            energy = self._unless_further(peaked, energy, layer_energy, mean, width).clamp_min(thr)
         return torch.where(keep, energy, zero)
+
+    def _unless_further(
+        self,
+        candidate: torch.Tensor,
+        reference: torch.Tensor,
+        layer_energy: torch.Tensor,
+        mean: torch.Tensor,
+        width: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per layer ``candidate`` (B, x*y, z), or ``reference`` where the candidate's moments lie further from
+        ``mean`` and ``width`` than the reference's by more than twice ``PEAK_TOLERANCE`` (cells), linearly in between
+        from one tolerance on (continuous, so that an exported graph's rounding cannot flip the choice)."""
+        miss = [self._moment_miss(e, layer_energy, mean, width) for e in (candidate, reference)]
+        weight = ((miss[1] + 2 * PEAK_TOLERANCE - miss[0]) / PEAK_TOLERANCE).clamp(0.0, 1.0)
+        return reference + weight * (candidate - reference)
 
     def _layer_moments(self, energy: torch.Tensor, layer_energy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each layer's transverse barycentre and width (B, 2, z; cell units, 0 in empty layers) of cell energies
