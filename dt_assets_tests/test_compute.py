@@ -21,10 +21,12 @@ from conftest import SMALL
 from dt_assets import generate, load_generator
 from dt_assets.defs.model import gan_model
 from dt_assets.defs.pipeline import QUIET, materialize_training_set
-from dt_assets.model.job import JOB_ENV, TrainingJob
+from dt_assets.model.job import EPOCH_MESSAGE, JOB_ENV, RESULT_MESSAGE, TrainingJob
 from dt_assets.progress import EVERY_ENV
 from resources import KubernetesCompute, LocalCompute, LocalStorage, SlurmCompute, TorchrunCompute, tracking_resource
-from resources.compute import _Process, _SlurmJob, compute_from_config, compute_from_env
+from resources.compute import compute_from_config, compute_from_env
+from resources.compute.launched import _Process
+from resources.compute.slurm import _SlurmJob
 
 TRAIN = {"epochs": 2, "max_steps_per_epoch": 2, "batch_size": 16}
 
@@ -219,7 +221,99 @@ def test_the_sbatch_script_carries_the_config(tmp_path):
     assert "--partition" not in single and "--gpus-per-node" not in single
 
 
-def test_the_kubernetes_pod_is_built_from_config():
+class FakeCluster:
+    """The Kubernetes API that ``PipesK8sClient.run`` talks to (``DagsterKubernetesClient`` and its
+    ``core_api``): it keeps the pod it is given, serves ``log`` as the pod's log (Pipes messages included)
+    and, when ``failure`` is set, fails the wait for the pod's end with it, as dagster-k8s does."""
+
+    def __init__(self, log: list[str], failure: str = "") -> None:
+        self.core_api = self
+        self.log, self.failure = log, failure
+        self.created: list[tuple[str, dict]] = []
+        self.deleted: list[tuple[str, str]] = []
+        self.waits: list[str] = []
+
+    def create_namespaced_pod(self, namespace, body) -> None:
+        self.created.append((namespace, body.to_dict()))
+
+    def read_namespaced_pod_log(self, name, namespace, **kwargs) -> list[bytes]:
+        return [f"2024-03-22T02:17:29.{i:06d}Z {line}\n".encode() for i, line in enumerate(self.log)]
+
+    def wait_for_pod(self, pod_name, namespace, wait_for_state, **kwargs) -> None:
+        self.waits.append(wait_for_state.name)
+        if self.failure and wait_for_state.name == "Terminated":
+            from dagster_k8s.client import DagsterK8sError
+
+            raise DagsterK8sError(self.failure.format(pod=pod_name))
+
+    def delete_namespaced_pod(self, name, namespace) -> None:
+        self.deleted.append((namespace, name))
+
+
+def pipes_line(method: str, params: dict) -> str:
+    return json.dumps({"__dagster_pipes_version": "0.1", "method": method, "params": params})
+
+
+def pod_log(world_size: int) -> list[str]:
+    """What ``dt_assets.pipes_training`` writes in a pod: Pipes opened, two epochs' reports, the result."""
+    epochs = [
+        {"epoch": e, "epochs": 2, "seconds": 1.0, "samples_per_second": 8.0, "eta_seconds": 1.0, "metrics": {"g": e}}
+        for e in (0, 1)
+    ]
+    result = {"kind": RESULT_MESSAGE, "device": "cuda", "world_size": world_size, "resumed_from_epoch": 0}
+    return [
+        pipes_line("opened", {}),
+        "calotwin: a line that is not a Pipes message",
+        *(pipes_line("report_custom_message", {"payload": {"kind": EPOCH_MESSAGE, "report": e}}) for e in epochs),
+        pipes_line("report_custom_message", {"payload": result}),
+        pipes_line("closed", {}),
+    ]
+
+
+@pytest.fixture
+def run_in_fake_cluster(tmp_path, monkeypatch):
+    """Runs ``compute.run_training`` in an asset against a :class:`FakeCluster`, through the real
+    ``PipesK8sClient.run`` (its kubeconfig: a file naming namespace 'from-kubeconfig'); returns the run's
+    result, what ``on_epoch`` got, the :class:`~resources.compute.Trained` and the run's log messages. The
+    checkpoint is not read: the result is a stand-in string."""
+    from dagster_k8s.client import DagsterKubernetesClient
+
+    kubeconfig = tmp_path / "kubeconfig"
+    context = {"cluster": "fake", "user": "fake", "namespace": "from-kubeconfig"}
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "fake", "user": {"token": "t"}}],
+                "contexts": [{"name": "fake", "context": context}],
+                "current-context": "fake",
+            }
+        )
+    )
+    monkeypatch.setattr("resources.compute.pipes.read_result", lambda job, device, resumed: f"model on {device}")
+
+    def run(compute: KubernetesCompute, cluster: FakeCluster, job: TrainingJob):
+        monkeypatch.setattr(DagsterKubernetesClient, "production_client", staticmethod(lambda *a, **k: cluster))
+        compute = compute.model_copy(update={"kubeconfig_file": str(kubeconfig)})
+        epochs: list = []
+        trained: list = []
+
+        @dg.asset
+        def trained_in_a_pod(context) -> dg.MaterializeResult:
+            trained.append(compute.run_training(context, job, epochs.append))
+            return dg.MaterializeResult()
+
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = dg.materialize([trained_in_a_pod], instance=instance, raise_on_error=False)
+            logs = [r.user_message for r in instance.all_logs(result.run_id)]
+        return result, epochs, trained, logs
+
+    return run
+
+
+def test_the_kubernetes_pod_is_built_from_config_and_run_by_pipes_k8s_client(run_in_fake_cluster):
     compute = KubernetesCompute(
         image="registry.example/calotwin:0.1",
         namespace="calo",
@@ -234,17 +328,24 @@ def test_the_kubernetes_pod_is_built_from_config():
         service_account="calotwin",
     )
     job = TrainingJob(data=["s3://b/p.zarr"], checkpoint_dir="s3://b/ckpt", geometry=SMALL, config={"epochs": 3})
-    pod = compute.pod_body("calotwin-train-x", job, {"DAGSTER_PIPES_CONTEXT": "ctx", "DAGSTER_PIPES_MESSAGES": "m"})
-    body = pod.to_dict()
-    assert body["metadata"]["name"] == "calotwin-train-x"
+    cluster = FakeCluster(pod_log(world_size=2))
+    result, epochs, trained, logs = run_in_fake_cluster(compute, cluster, job)
+    assert result.success, failure_message(result)
+
+    ((namespace, body),) = cluster.created
+    assert namespace == "calo"
+    pod_name = body["metadata"]["name"]
+    assert pod_name.startswith("dagster-") and cluster.deleted == [("calo", pod_name)]
+    assert cluster.waits == ["Ready", "Terminated"]
     assert body["metadata"]["labels"]["calotwin/role"] == "training"
+    assert body["metadata"]["labels"]["app.kubernetes.io/part-of"] == "calotwin"
     spec = body["spec"]
     assert spec["restart_policy"] == "Never" and spec["service_account_name"] == "calotwin"
     assert spec["node_selector"] == {"kubernetes.io/role": "agent", "type": "virtual-kubelet"}
     assert spec["tolerations"][0]["key"] == "virtual-node.interlink/no-schedule"
     assert spec["volumes"][0]["name"] == "scratch" and spec["volumes"][0]["empty_dir"] is not None
     (container,) = spec["containers"]
-    assert container["image"] == "registry.example/calotwin:0.1"
+    assert container["name"] == "train" and container["image"] == "registry.example/calotwin:0.1"
     assert container["command"] == [
         "python",
         "-m",
@@ -259,8 +360,62 @@ def test_the_kubernetes_pod_is_built_from_config():
     assert container["volume_mounts"][0]["mount_path"] == "/scratch"
     assert container["env_from"][0]["secret_ref"]["name"] == "s3-credentials"
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["DAGSTER_PIPES_CONTEXT"] == "ctx" and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert env["DAGSTER_PIPES_CONTEXT"] and env["DAGSTER_PIPES_MESSAGES"]
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
     assert TrainingJob.from_json(env[JOB_ENV]) == job
+
+    # the Pipes messages of the pod's log: each epoch's report to on_epoch, then the result
+    assert [(e.epoch, e.metrics) for e in epochs] == [(0, {"g": 0.0}), (1, {"g": 1.0})]
+    (done,) = trained
+    assert done.result == "model on cuda" and done.world_size == 2 and done.compute == f"pod calo/{pod_name}"
+    assert f"created pod calo/{pod_name}" in logs
+
+
+def test_a_failed_pod_fails_the_asset_naming_the_pod_and_its_error(run_in_fake_cluster):
+    """No namespace configured: dagster-k8s takes the kubeconfig's, and the failure names the pod in it."""
+    job = TrainingJob(data=["s3://b/p.zarr"], checkpoint_dir="s3://b/ckpt", geometry=SMALL, config={"epochs": 3})
+    failure = "Pod {pod} terminated but some containers exited with errors:\nValueError: no such file s3://b/p.zarr"
+    cluster = FakeCluster(pod_log(world_size=1)[:1], failure=failure)
+    result, _, trained, _ = run_in_fake_cluster(KubernetesCompute(image="calotwin"), cluster, job)
+    assert not result.success and not trained
+    ((namespace, body),) = cluster.created
+    pod_name = body["metadata"]["name"]
+    assert namespace == "from-kubeconfig" and cluster.deleted == [("from-kubeconfig", pod_name)]
+    message = failure_message(result)
+    assert f"pod from-kubeconfig/{pod_name} failed: Pod {pod_name} terminated" in message
+    assert "ValueError: no such file s3://b/p.zarr" in message
+
+
+def test_the_kubernetes_compute_uses_only_the_public_dagster_k8s_api():
+    """What resources/compute imports from dagster-k8s is a public name of the package itself (the Pipes
+    client), and no private attribute (``x._name``) is touched: the pod is run by ``PipesK8sClient.run``."""
+    import ast
+    import types
+    from pathlib import Path
+
+    import dagster_k8s
+
+    import resources.compute
+
+    imported: set[str] = set()
+    users = []  # the modules that import dagster-k8s
+    for path in sorted(Path(resources.compute.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("dagster_k8s") for a in node.names), path
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dagster_k8s"):
+                assert node.module == "dagster_k8s", f"{path.name} imports from {node.module}"
+                imported.update(alias.name for alias in node.names)
+                users.append(path)
+    assert imported == {"PipesK8sClient"}
+    for path in [*users, Path(resources.compute.__file__).parent / "kubernetes.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                private = node.attr.startswith("_") and not node.attr.startswith("__")
+                assert not private, f"{path.name}:{node.lineno} uses the private attribute {node.attr}"
+    for name in imported:
+        assert not name.startswith("_") and not isinstance(getattr(dagster_k8s, name), types.ModuleType)
 
 
 @pytest.mark.parametrize(
@@ -274,6 +429,7 @@ def test_the_kubernetes_pod_is_built_from_config():
         ({"kind": "torchrun", "nproc_per_node": -1}, "nproc_per_node: Input should be greater than or equal to 1"),
         ({"kind": "kubernetes"}, "missing field(s) for kind 'kubernetes': ['image']"),
         ({"kind": "kubernetes", "image": "x", "gpus": -2}, "gpus: Input should be greater than or equal to 0"),
+        ({"kind": "kubernetes", "image": "x", "env": {"DAGSTER_PIPES_CONTEXT": "x"}}, "set by the compute itself"),
     ],
 )
 def test_bad_compute_settings_are_named(settings, message):
