@@ -18,7 +18,7 @@ from .defs.jobs import (
 )
 from .defs.landing import land_files_job, quarantined_files
 from .defs.loop import loop_schedules, loop_sensors
-from .defs.model import flow_model, gan_model
+from .defs.model import flow_model, gan_model, tuned_model
 from .defs.preprocess import preprocessed_showers, training_set
 from .defs.validation import (
     champion_model,
@@ -38,6 +38,7 @@ defs = dg.Definitions(
         hpo_study,
         gan_model,
         flow_model,
+        tuned_model,
         mc_reference,
         generated_showers,
         validation_report,

@@ -44,6 +44,7 @@ def test_the_assets_with_a_launchpad_form_are_found_in_the_definitions():
         "hpo_study",
         "gan_model",
         "flow_model",
+        "tuned_model",
         "mc_reference",
         "generated_showers",
         "validation_report",

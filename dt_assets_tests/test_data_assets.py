@@ -57,6 +57,7 @@ def test_definitions_load_with_the_pinned_graph():
         "hpo_study",
         "gan_model",
         "flow_model",
+        "tuned_model",
         "mc_reference",
         "generated_showers",
         "validation_report",
@@ -79,12 +80,13 @@ def test_definitions_load_with_the_pinned_graph():
         "preprocessed_showers": {"raw_showers"},
         "training_set": {"preprocessed_showers"},
         "hpo_study": {"training_set"},
-        "gan_model": {"training_set", "hpo_study"},
-        "flow_model": {"training_set", "hpo_study"},
-        "generated_showers": {"mc_reference", "gan_model", "flow_model"},
+        "gan_model": {"training_set"},  # hpo_study only upstream of the training that uses its parameters
+        "flow_model": {"training_set"},
+        "tuned_model": {"training_set", "hpo_study"},
+        "generated_showers": {"mc_reference", "gan_model", "flow_model", "tuned_model"},
         "validation_report": {"generated_showers", "mc_reference"},
         "champion_model": {"validation_report"},
-        "speed_benchmark": {"gan_model", "flow_model"},
+        "speed_benchmark": {"gan_model", "flow_model", "tuned_model"},
         "exported_generator": {"champion_model"},
     }
     for child, parents in lineage.items():
@@ -119,8 +121,8 @@ def test_definitions_load_with_the_pinned_graph():
             "promote_after_failed_validation",
         )
     }
-    pools = [graph.get(dg.AssetKey(key)).pools for key in ("gan_model", "flow_model", "hpo_study")]
-    assert pools == [{"training"}] * 3
+    pools = [graph.get(dg.AssetKey(key)).pools for key in ("gan_model", "flow_model", "tuned_model", "hpo_study")]
+    assert pools == [{"training"}] * 4
     assert set(defs.resources) == {"storage", "compute", "mlflow", "registry"}
     assert type(defs.resources["compute"]).__name__ == "LocalCompute"  # no compute.yaml: in-process
     assert gan_model.required_resource_keys >= {"compute", "storage", "mlflow"}

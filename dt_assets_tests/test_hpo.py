@@ -1,6 +1,6 @@
 """Hyper-parameter optimisation: the search space, pruning, a study shared by two worker processes
 (no trial lost or run twice, one MLflow child run per trial), a killed worker's trial run again, workers
-as a Slurm array job through the compute resource, and gan_model trained with its best parameters."""
+as a Slurm array job through the compute resource, and tuned_model trained with its best parameters."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from conftest import SMALL
 from dt_assets import load_generator
 from dt_assets.defs.configs import FlowModelConfig, GanModelConfig, HpoSearchSpaceConfig, HpoStudyConfig
 from dt_assets.defs.hpo import default_study_storage, hpo_study
-from dt_assets.defs.model import gan_model
+from dt_assets.defs.model import gan_model, tuned_model
 from dt_assets.defs.pipeline import QUIET, materialize_training_set
 from dt_assets.model.flow_training import FlowTrainConfig
 from dt_assets.model.registry import default_tracking_uri
@@ -179,7 +179,7 @@ def test_racing_workers_claim_every_trial_exactly_once(backend, tmp_path, reques
     assert len(study.get_trials()) == 60 and {t.state for t in study.get_trials()} == {TrialState.COMPLETE}
 
 
-def test_two_workers_share_a_study_and_its_best_parameters_feed_gan_model(home, instance):
+def test_two_workers_share_a_study_and_its_best_parameters_feed_tuned_model(home, instance):
     resources = {"storage": LocalStorage(), "compute": LocalCompute(), "mlflow": tracking_resource()}
     sims = [{"n_events": 600, "energy_min_gev": 10.0, "energy_max_gev": 100.0, "geometry": SMALL, "seed": 4}]
     materialize_training_set(instance, resources, sims)
@@ -244,22 +244,25 @@ def test_two_workers_share_a_study_and_its_best_parameters_feed_gan_model(home, 
     (job_file,) = (home / "hpo" / "calotwin-hpo").glob("*/job.json")
     assert run_worker(HpoJob.from_json(job_file.read_text()), worker=7) == []
     assert len(study.get_trials()) == 4
-    stored = json.loads((home / "hpo" / "hpo_study.json").read_text())
+    stored = json.loads((home / "hpo" / "calotwin-hpo" / "best.json").read_text())
     assert stored["params"] == best.params and stored["geometry"] == SMALL
+    assert metadata["geometry"].value == SMALL and metadata["family"].value == "3dgan"
+    assert not (home / "hpo" / "hpo_study.json").exists()  # no "latest study" file: tuned_model reads the metadata
 
-    # the best parameters feed the training
+    # the best parameters feed tuned_model (gan_model and flow_model do not depend on hpo_study)
+    assert hpo_study.key in tuned_model.asset_deps[tuned_model.key]
+    assert hpo_study.key not in gan_model.asset_deps[gan_model.key]
     trained = dg.materialize(
-        [gan_model],
+        [tuned_model],
         instance=instance,
         resources=resources,
         run_config={
-            "ops": {
-                "gan_model": {"config": {"epochs": 1, "max_steps_per_epoch": 2, "hyperparameters_from": "hpo_study"}}
-            },
+            "ops": {"tuned_model": {"config": {"gan_model": {"epochs": 1, "max_steps_per_epoch": 2}}}},
             **QUIET,
         },
     )
-    model = trained.asset_materializations_for_node("gan_model")[0].metadata
+    model = trained.asset_materializations_for_node("tuned_model")[0].metadata
+    assert model["hpo_study_run"].value == result.run_id and model["family"].value == "3dgan"
     run = client.get_run(model["mlflow_run_id"].value)
     assert run.data.tags["hyperparameters_source"].endswith("hpo/calotwin-hpo/best.json")
     for name, value in best.params.items():
@@ -269,31 +272,39 @@ def test_two_workers_share_a_study_and_its_best_parameters_feed_gan_model(home, 
     assert mlflow.active_run() is None
 
 
-def test_gan_model_refuses_hyperparameters_of_another_geometry(home, instance, tmp_path):
+def study_stub(geometry: str, family: str, params: dict) -> dg.AssetsDefinition:
+    """A stand-in for hpo_study that records a study's outcome without running one."""
+
+    @dg.asset(name="hpo_study")
+    def stub() -> dg.MaterializeResult:
+        metadata = {"study_name": "stub", "geometry": geometry, "family": family, "best_params": params}
+        return dg.MaterializeResult(metadata={**metadata, "best_params_path": dg.MetadataValue.path("stub.json")})
+
+    return stub
+
+
+def test_tuned_model_refuses_a_study_it_cannot_train_with_naming_why(home, instance):
     resources = {"storage": LocalStorage(), "compute": LocalCompute(), "mlflow": tracking_resource()}
-    sims = [{"n_events": 300, "geometry": SMALL, "seed": 5}]
-    materialize_training_set(instance, resources, sims)
-    best = tmp_path / "best.json"
-    best.write_text(json.dumps({"geometry": "clic_ecal_51x51x25", "params": {"lr_generator": 1e-4}}))
-    result = dg.materialize(
-        [gan_model],
-        instance=instance,
-        resources=resources,
-        run_config={"ops": {"gan_model": {"config": {"hyperparameters_from": str(best)}}}, **QUIET},
-        raise_on_error=False,
-    )
-    message = result.get_step_failure_events()[0].event_specific_data.error.message
-    assert "the study tuned geometry 'clic_ecal_51x51x25', this training is on 'small_ecal_15x15x12'" in message
-    best.write_text(json.dumps({"geometry": SMALL, "family": "flow", "params": {"lr": 1e-4}}))
-    result = dg.materialize(
-        [gan_model],
-        instance=instance,
-        resources=resources,
-        run_config={"ops": {"gan_model": {"config": {"hyperparameters_from": str(best)}}}, **QUIET},
-        raise_on_error=False,
-    )
-    message = result.get_step_failure_events()[0].event_specific_data.error.message
-    assert "the study tuned the flow family, this training is a 3dgan" in message
+    materialize_training_set(instance, resources, [{"n_events": 300, "geometry": SMALL, "seed": 5}])
+
+    def failure(assets: list, config: dict) -> str:
+        result = dg.materialize(
+            assets,
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"tuned_model": {"config": config}}, **QUIET},
+            raise_on_error=False,
+        )
+        return result.get_step_failure_events()[0].event_specific_data.error.message
+
+    assert "no hpo_study yet: materialize hpo_study first" in failure([tuned_model], {})
+    assert "study: no run 'nope'" in failure([tuned_model], {"study": "nope"})
+    other = study_stub("clic_ecal_51x51x25", "3dgan", {"lr_generator": 1e-4})
+    message = failure([other, tuned_model], {})  # this run's study
+    assert "the study tuned geometry 'clic_ecal_51x51x25', gan_model.geometry is 'small_ecal_15x15x12'" in message
+    assert "unknown 3dgan parameter(s) ['lr']" in failure([study_stub(SMALL, "3dgan", {"lr": 1e-4}), tuned_model], {})
+    flow = failure([study_stub(SMALL, "flow", {"lr": -1.0}), tuned_model], {})  # the flow section, a bad value
+    assert "lr" in flow and "greater than 0" in flow
 
 
 DYING_WORKER = """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import dagster as dg
 import mlflow
 import pytest
@@ -11,6 +13,10 @@ from mlflow import MlflowClient
 
 from conftest import SMALL
 from dt_assets import build_generator
+from dt_assets.defs.landing import LOOP_TAG
+from dt_assets.defs.loop import promotion_request
+from dt_assets.defs.twin_settings import TwinSettings
+from dt_assets.defs.upstream import in_run, upstream
 from dt_assets.defs.validation import (
     champion_model,
     generated_showers,
@@ -31,6 +37,8 @@ LIGHT = {"bootstrap": 10, "classifier_epochs": 2}
 LENIENT = {**LIGHT, "thresholds": {key: 1e12 for key, value in DEFAULT_THRESHOLDS.items() if value is not None}}
 #: the e_sum check alone fails any model whose mean energy is off by more than a millionth
 STRICT = {**LENIENT, "thresholds": {**LENIENT["thresholds"], "e_sum.mean_error": 1e-6}}
+#: the tags of a validation the loop requested (what promotion_request acts on)
+LOOP_VALIDATION = {LOOP_TAG: "validate"}
 
 
 def register(seed: int) -> str:
@@ -168,3 +176,85 @@ def test_a_reference_on_another_geometry_is_refused_by_name(home, instance, stor
     assert not result.success
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     assert "the MC reference is on clic_ecal_25x25x25" in failure.step_failure_data.error.message
+
+
+def test_two_validations_at_the_same_time_each_judge_their_own_model(home, instance, storage, monkeypatch):
+    """Two runs of the validation chain for two models, interleaved as two launches from the UI can be: the
+    second run writes its generated showers (and its report) while the first is between its generated_showers
+    and its validation_report. Each report, its gates and the promotion judge the run's own model."""
+    first, second = register(seed=1), register(seed=2)
+    one_cell = {**REFERENCE, "n_energies": 1, "angles_deg": [90.0]}
+    activate, calls, others = ModelRegistry.activate, [], []
+
+    def materialize(version: str, assets: list, tags: dict | None = None) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            [*assets, *validation_checks],
+            instance=instance,
+            resources={"storage": storage, "registry": ModelRegistry()},
+            run_config={
+                "ops": {
+                    "mc_reference": {"config": one_cell},
+                    "generated_showers": {"config": {"model_uri": f"models:/{MODEL}/{version}"}},
+                    "validation_report": {"config": LENIENT},
+                },
+                **QUIET,
+            },
+            tags=tags,
+        )
+
+    def interleaving(registry: ModelRegistry) -> str:
+        calls.append(registry)
+        if len(calls) == 2:  # the first run's validation_report starts (generated_showers was call 1): the other run
+            others.append(materialize(second, [mc_reference, generated_showers, validation_report], LOOP_VALIDATION))
+        return activate(registry)
+
+    monkeypatch.setattr(ModelRegistry, "activate", interleaving)
+    result = materialize(first, [mc_reference, generated_showers, validation_report, champion_model])
+    (other,) = others
+    assert metadata(other, "validation_report")["model_uri"] == f"models:/{MODEL}/{second}"
+    assert metadata(result, "validation_report")["model_uri"] == f"models:/{MODEL}/{first}"
+    for run in (result, other):
+        report = metadata(run, "validation_report")
+        assert {c.metadata["model_uri"].value for c in run.get_asset_check_evaluations()} == {report["model_uri"]}
+    assert metadata(result, "champion_model")["candidate_version"] == int(first)
+
+    # the loop's promotion of the other validation names its run, and promote_champion judges that one, not the
+    # latest; a bad name is named
+    request = promotion_request(instance, instance.get_run_by_id(other.run_id), TwinSettings())
+    assert request.run_config["ops"]["champion_model"]["config"]["validation"] == other.run_id
+
+    def promote(validation: str) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            [champion_model],
+            instance=instance,
+            resources={"storage": storage, "registry": ModelRegistry()},
+            run_config={"ops": {"champion_model": {"config": {"validation": validation}}}, **QUIET},
+            raise_on_error=False,
+        )
+
+    decision = metadata(promote(other.run_id), "champion_model")
+    assert decision["candidate_version"] == int(second) and decision["validation_run"] == other.run_id
+    for bad, message in (
+        ("no-such-run", "validation: no run 'no-such-run'"),
+        (promote(result.run_id).run_id, "materialized no validation_report"),  # a promotion run: no report in it
+    ):
+        (failure,) = [e for e in promote(bad).all_events if e.is_step_failure]
+        assert message in failure.step_failure_data.error.message
+
+
+def test_a_dependant_reads_its_run_then_the_run_it_re_executes_then_the_latest(instance):
+    @dg.asset
+    def source(context) -> dg.MaterializeResult:  # unannotated: a string annotation does not resolve here
+        return dg.MaterializeResult(metadata={"made_by": context.run.run_id})
+
+    def read(run: SimpleNamespace) -> str:
+        return upstream(SimpleNamespace(instance=instance, run=run), source.key)["made_by"]
+
+    with pytest.raises(dg.Failure, match="no source yet: materialize source first"):
+        read(SimpleNamespace(run_id="fresh", parent_run_id=None))
+    first, latest = (dg.materialize([source], instance=instance, run_config=QUIET).run_id for _ in range(2))
+    assert read(SimpleNamespace(run_id="fresh", parent_run_id=None)) == latest  # not in the run: the latest
+    assert read(instance.get_run_by_id(first)) == first  # in the run: its own
+    assert read(SimpleNamespace(run_id="re-execution", parent_run_id=first)) == first  # re-executing first
+    with pytest.raises(dg.Failure, match=r"validation: run \S+ \(__ephemeral_asset_job__, SUCCESS\) materialized no"):
+        in_run(instance, first, validation_report.key, "validation")

@@ -68,7 +68,7 @@ class StorageResource(ConfigurableResource):
         return self.url("checkpoints", training_key)
 
     def validation_url(self, *parts: str) -> str:
-        """Validation samples and pointers: ``validation/mc_reference/<key>.zarr``, ``validation/<asset>.json``."""
+        """Validation samples: ``validation/mc_reference/<key>.zarr``, ``validation/generated/<model>-...zarr``."""
         return self.url("validation", *parts)
 
     def report_url(self, *parts: str) -> str:

@@ -126,7 +126,7 @@ class PreprocessConfig(dg.Config):
 
 
 class TrainingConfig(dg.Config):
-    """What every generator training asset shares: data, length, seed, warm start, tuning and registry."""
+    """What every generator training asset shares: data, length, seed, warm start and registry."""
 
     geometry: GeometryName = Field(
         default="small_ecal_15x15x12", description="Geometry preset; trains on its runs only."
@@ -144,12 +144,6 @@ class TrainingConfig(dg.Config):
         description="Start from this model of the same family: models:/name@alias, models:/name/N or a checkpoint "
         "path.",
     )
-    hyperparameters_from: str = Field(
-        default="",
-        description="Tuned hyper-parameters to train with: 'hpo_study' (the best trial of the latest hpo_study "
-        "of this geometry and family) or the path/URL of a study's best.json. They replace the fields they name; "
-        "empty: none.",
-    )
     registered_model_name: str = Field(default=DEFAULT_MODEL_NAME, description="MLflow registered model name.")
 
     family: ClassVar[str]
@@ -166,9 +160,7 @@ class TrainingConfig(dg.Config):
         known = family_parameters(self.family)
         unknown = sorted(set(params) - set(known))
         if unknown:
-            raise ValueError(
-                f"hyperparameters_from: unknown {self.family} parameter(s) {unknown}; known: {list(known)}"
-            )
+            raise ValueError(f"tuned parameters: unknown {self.family} parameter(s) {unknown}; known: {list(known)}")
         return type(self)(**{**self.model_dump(), **params})
 
 
@@ -265,6 +257,38 @@ class FlowModelConfig(TrainingConfig):
             stage2_blocks=self.stage2_blocks,
             stage2_steps=self.stage2_steps,
         )
+
+
+class TunedModelConfig(dg.Config):
+    """Training with an hpo_study's best parameters: of the family and on the geometry the study tuned, with that
+    family's settings below; the tuned parameters replace the fields they name."""
+
+    study: str = Field(
+        default="",
+        description="Run ID of the hpo_study materialization whose best parameters to train with; empty: this "
+        "run's hpo_study, else the latest.",
+    )
+    gan_model: GanModelConfig = Field(
+        default_factory=GanModelConfig, description="Settings when the study tuned the 3dgan family (gan_model's)."
+    )
+    flow_model: FlowModelConfig = Field(
+        default_factory=FlowModelConfig, description="Settings when the study tuned the flow family (flow_model's)."
+    )
+
+    def training_config(self, family: str, geometry: str, params: dict[str, Any]) -> TrainingConfig:
+        """The settings of the tuned ``family`` with ``params`` in place; a ValueError names a family or geometry
+        that does not match, or a bad parameter."""
+        sections: dict[str, TrainingConfig] = {"3dgan": self.gan_model, "flow": self.flow_model}
+        if family not in sections:
+            raise ValueError(f"the study tuned an unknown family {family!r}; known: {sorted(sections)}")
+        section = "gan_model" if family == "3dgan" else "flow_model"
+        base = sections[family]
+        if base.geometry != geometry:
+            raise ValueError(
+                f"the study tuned geometry {geometry!r}, {section}.geometry is {base.geometry!r}: set it to the "
+                "study's, or tune this geometry"
+            )
+        return base.with_hyperparameters(params)
 
 
 class HpoSearchSpaceConfig(dg.Config):
@@ -549,8 +573,8 @@ class ChampionConfig(dg.Config):
     registered_model_name: str = Field(default=DEFAULT_MODEL_NAME, description="MLflow registered model name.")
     validation: str = Field(
         default="",
-        description="The validation to judge: the 'validation' path in a validation_report materialization's "
-        "metadata (the loop passes it); empty: the latest validation.",
+        description="The validation to judge: the Run ID of the run that materialized its validation_report (the "
+        "loop passes it); empty: this run's validation_report, else the latest.",
     )
 
 

@@ -6,10 +6,10 @@ judged by the physics validation.
 workers (``python -m dt_assets.tuning.hpo worker``) that share the study through the compute
 resource (processes on this machine, or one Slurm array job), and waits for them. Trials write
 their checkpoints under ``hpo/<study>/trials/`` (only the best trial's are kept unless told);
-the best trial's parameters go to ``hpo/<study>/best.json`` and to ``hpo/hpo_study.json`` (the
-latest study), which the training asset of the study's family reads with ``hyperparameters_from:
-hpo_study``. The study's MLflow run (the resource's) is the parent of one child run per trial. Job file and worker logs:
-``$CALOTWIN_HOME/hpo/<study>/<run>/``.
+the best trial's parameters go to ``hpo/<study>/best.json`` and into the materialization's metadata
+(``best_params``, with the study's ``geometry`` and ``family``), which ``tuned_model`` reads to
+train with them. The study's MLflow run (the resource's) is the parent of one child run per trial.
+Job file and worker logs: ``$CALOTWIN_HOME/hpo/<study>/<run>/``.
 """
 
 import json
@@ -38,7 +38,7 @@ from ..validation.config import ValidationConfig
 from ..validation.samples import simulate_grid
 from .configs import HpoStudyConfig
 from .metadata import image
-from .model import HPO_POINTER, TRAINING_POOL, ending_mlflow_run, training_runs
+from .model import TRAINING_POOL, ending_mlflow_run, training_runs
 from .preprocess import training_set
 
 #: MC seed of the scoring reference: apart from the training runs', mc_reference's and generated_showers' seeds
@@ -63,7 +63,7 @@ def default_study_storage() -> str:
     "by the physics validation after every epoch, bad trials pruned. "
     "Workers (processes, or a Slurm array job through the compute resource) share the study through its storage "
     "(sqlite in the data home, or any Optuna RDB URL); a lost worker's trial is run again. Every trial is an MLflow "
-    "child run. The best parameters are stored for the family's training asset (hyperparameters_from).",
+    "child run. tuned_model trains with the best parameters.",
 )
 def hpo_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.MaterializeResult:
     with ending_mlflow_run():  # the study's run, the parent of the trials' runs
@@ -166,7 +166,6 @@ def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.
     }
     best_url = storage.url("hpo", config.study_name, "best.json")
     storage.write_json(best_url, best)
-    storage.write_json(storage.url(*HPO_POINTER), {**best, "url": best_url})
     if not config.keep_trial_checkpoints:
         _remove_checkpoints(context, study, keep=summary.best_trial)
     plots = optimisation_plots(study)
@@ -184,6 +183,8 @@ def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.
     return dg.MaterializeResult(
         metadata={
             "study_name": config.study_name,
+            "geometry": config.geometry,
+            "family": config.family,
             "storage": redact(storage_url),
             "trials": summary.n_trials,
             "complete": summary.states.get("COMPLETE", 0),

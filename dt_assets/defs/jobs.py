@@ -64,6 +64,6 @@ promote_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     selection=dg.AssetSelection.assets("champion_model"),
     tags=VALIDATION_QUEUE,
-    description="Decide the promotion of a validated version (the latest, or the validation champion_model's config "
-    "names), recorded with its reason even when its checks failed.",
+    description="Decide the promotion of a validated version (the latest validation, or the one whose run "
+    "champion_model's config names), recorded with its reason even when its checks failed.",
 )

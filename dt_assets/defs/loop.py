@@ -10,7 +10,7 @@
    goes into the next one.
 3. ``validate_after_training`` validates each version a successful training run registered
    (``validate_model``); ``promote_after_validation`` and ``promote_after_failed_validation``
-   then run ``champion_model`` on that validation (not on whichever is latest), whether its blocking
+   then run ``champion_model`` on that validation (its run's ID, not whichever is latest), whether its blocking
    checks passed or not, so the decision and its reason are recorded for every version whose report
    was written.
 4. ``nightly_revalidation`` and ``weekly_full_retraining`` are schedules, stopped until a user turns
@@ -37,6 +37,7 @@ from .landing import LOOP_TAG, SETTINGS, busy, land_files_job, landing_sensors, 
 from .model import TRAINING_ASSETS
 from .preprocess import preprocessed_showers
 from .twin_settings import TwinSettings
+from .upstream import materialization_in_run
 from .validation import CHAMPION, validation_report
 
 MODEL_TAG = "calotwin/model_uri"
@@ -141,21 +142,12 @@ def retrain_sensor(
     return retrain_tick(context, storage, registry, SETTINGS)
 
 
-def _materialized(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey) -> dict[str, Any] | None:
-    """Metadata of ``key``'s materialization in a run, or None if that run did not materialize it."""
-    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
-        materialization = entry.asset_materialization
-        if materialization is not None and materialization.asset_key == key:
-            return {k: v.value for k, v in materialization.metadata.items()}
-    return None
-
-
 def validation_request(
     instance: dg.DagsterInstance, run: dg.DagsterRun, settings: TwinSettings
 ) -> dg.RunRequest | dg.SkipReason:
     """Validate the version a finished training run registered."""
-    found = (_materialized(instance, run.run_id, asset.key) for asset in TRAINING_ASSETS.values())
-    model = next((m for m in found if m is not None), None)
+    found = (materialization_in_run(instance, run.run_id, asset.key) for asset in TRAINING_ASSETS.values())
+    model = next((m.metadata for m in found if m is not None), None)
     if model is None:
         return dg.SkipReason(f"run {run.run_id[:8]} registered no model")
     uri = str(model["model_uri"])
@@ -186,13 +178,13 @@ def promotion_request(
     """Decide the promotion of the version a finished validation run judged (a failed gate included)."""
     if run.tags.get(LOOP_TAG) != "validate":
         return dg.SkipReason(f"run {run.run_id[:8]} is not a validation of a newly trained model")
-    report = _materialized(instance, run.run_id, validation_report.key)
+    report = materialization_in_run(instance, run.run_id, validation_report.key)
     if report is None:
         return dg.SkipReason(f"run {run.run_id[:8]} wrote no validation report: nothing to decide")
-    uri = str(report["model_uri"])
+    uri = str(report.metadata["model_uri"])
     return dg.RunRequest(
         run_key=f"promote-{run.run_id}",
-        run_config=settings.promotion_run_config(str(report["validation"])),
+        run_config=settings.promotion_run_config(run.run_id),
         tags={LOOP_TAG: "promote", MODEL_TAG: uri, "calotwin/validated_by": run.run_id},
     )
 

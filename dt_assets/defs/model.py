@@ -1,15 +1,19 @@
 """Model stage: the trained generators (3DGAN and flow matching), tracked in MLflow and registered as new
-versions of one registered model."""
+versions of one registered model.
+
+``gan_model`` and ``flow_model`` train with their launchpad settings and depend on the training set
+only. ``tuned_model`` trains with the best parameters of an ``hpo_study`` (read from that
+materialization's metadata), so the lineage shows ``hpo_study`` upstream of the one training that
+uses it.
+"""
 
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import mlflow
-from pydantic import ValidationError
 
 from ..model.gan3d import parameter_count
 from ..model.generation import FAMILIES
@@ -20,44 +24,17 @@ from ..model.registry import log_generator, set_alias
 from ..model.train import EpochReport
 from ..plots import loss_curves_png
 from ..progress import STEPS_EVERY_S, cadence
-from .configs import FlowModelConfig, GanModelConfig, TrainingConfig
+from .configs import FlowModelConfig, GanModelConfig, TrainingConfig, TunedModelConfig
 from .metadata import image
 from .preprocess import training_set
+from .upstream import Materialization, upstream
 
 CHALLENGER = "challenger"
 #: one training at a time: the default instance limits every pool to 1 (see dt_assets.home)
 TRAINING_POOL = "training"
-#: the latest hpo_study's best parameters (path parts under the storage root)
-HPO_POINTER = ("hpo", "hpo_study.json")
 FAMILY_TITLES = {"3dgan": "3DGAN", "flow": "flow matching"}
-HPO_STUDY = "hpo_study"
-
-
-def tuned_parameters(storage, source: str, geometry: str, family: str = "3dgan") -> tuple[dict[str, Any], str]:
-    """The best parameters of a study (``source``: "hpo_study" for the latest one, or the path/URL of a
-    best.json) and where they came from; a study tuned on another geometry or family is refused."""
-    url = storage.url(*HPO_POINTER) if source == HPO_STUDY else source
-    if not storage.exists(url):
-        hint = "materialize hpo_study first" if source == HPO_STUDY else "no such file"
-        raise dg.Failure(f"hyperparameters_from {source!r}: {url}: {hint}")
-    try:
-        best = storage.read_json(url)
-    except ValueError as exc:
-        raise dg.Failure(f"hyperparameters_from {source!r}: {url} is not JSON ({exc})") from None
-    params = best.get("params") if isinstance(best, dict) else None
-    if not isinstance(params, dict):
-        raise dg.Failure(f"hyperparameters_from {source!r}: {url} holds no 'params' mapping")
-    if best.get("geometry", geometry) != geometry:
-        raise dg.Failure(
-            f"hyperparameters_from {source!r}: the study tuned geometry {best['geometry']!r}, "
-            f"this training is on {geometry!r}"
-        )
-    if best.get("family", "3dgan") != family:
-        raise dg.Failure(
-            f"hyperparameters_from {source!r}: the study tuned the {best.get('family', '3dgan')} family, "
-            f"this training is a {family}"
-        )
-    return params, best.get("url", url)
+#: the asset key of the study (defined in dt_assets.defs.hpo, which imports this module)
+HPO_STUDY = dg.AssetKey("hpo_study")
 
 
 def epoch_metrics(report: EpochReport) -> None:
@@ -67,9 +44,8 @@ def epoch_metrics(report: EpochReport) -> None:
     mlflow.log_metrics({**metrics, **speed}, step=report.epoch)
 
 
-#: what both training assets share: upstream, resources, UI group and kinds, the one-training-at-a-time pool
+#: what the training assets share: resources, UI group and kinds, the one-training-at-a-time pool
 TRAINING_ASSET: dict = {
-    "deps": [training_set, HPO_STUDY],
     "required_resource_keys": {"mlflow", "storage", "compute"},
     "group_name": "model",
     "kinds": {"pytorch", "mlflow"},
@@ -78,12 +54,13 @@ TRAINING_ASSET: dict = {
 
 
 @dg.asset(
+    deps=[training_set],
     **TRAINING_ASSET,
     description="The 3DGAN (the mission's reference model and the baseline) trained on the training set's runs of "
     "one geometry and particle, checkpointed every epoch (a restarted training resumes), logged to MLflow and "
     "registered as a new version (tag family=3dgan, alias 'challenger'). It trains where the 'compute' resource "
-    "says: in-process, torchrun DDP, a Slurm job or a Kubernetes pod. With hyperparameters_from it trains with an "
-    "hpo_study's best parameters.",
+    "says: in-process, torchrun DDP, a Slurm job or a Kubernetes pod. Trained with an hpo_study's best parameters, "
+    "it is tuned_model.",
 )
 def gan_model(context: dg.AssetExecutionContext, config: GanModelConfig) -> dg.MaterializeResult:
     with ending_mlflow_run():  # the mlflow resource started a run (a failed check fails it too)
@@ -91,18 +68,45 @@ def gan_model(context: dg.AssetExecutionContext, config: GanModelConfig) -> dg.M
 
 
 @dg.asset(
+    deps=[training_set],
     **TRAINING_ASSET,
     description="The two-stage conditional flow-matching generator (energies and occupancy per layer, then cell "
     "shapes; CaloDREAM-style) trained on the training set's runs of one geometry and particle, checkpointed every "
     "epoch, logged to MLflow and registered as a new version of the same registered model as the 3DGAN (tag "
-    "family=flow, alias 'challenger'). Same compute, warm start and hyperparameters_from as gan_model.",
+    "family=flow, alias 'challenger'). Same compute and warm start as gan_model.",
 )
 def flow_model(context: dg.AssetExecutionContext, config: FlowModelConfig) -> dg.MaterializeResult:
     with ending_mlflow_run():
         return _train_and_register(context, config)
 
 
-#: the training asset of each family
+@dg.asset(
+    deps=[training_set, HPO_STUDY],
+    **TRAINING_ASSET,
+    description="A generator trained with the best parameters of an hpo_study (this run's, the latest, or the one "
+    "whose run the config names): of the family and on the geometry the study tuned, with that family's settings "
+    "for the rest; logged, registered and aliased 'challenger' like gan_model and flow_model.",
+)
+def tuned_model(context: dg.AssetExecutionContext, config: TunedModelConfig) -> dg.MaterializeResult:
+    with ending_mlflow_run():
+        study = upstream(context, HPO_STUDY, config.study, "study")
+        return _train_and_register(context, _tuned(context, config, study), study)
+
+
+def _tuned(context: dg.AssetExecutionContext, config: TunedModelConfig, study: Materialization) -> TrainingConfig:
+    """The training settings with the study's best parameters in place; a mismatch is a Failure naming it."""
+    params = study["best_params"]
+    if not isinstance(params, dict):
+        raise dg.Failure(f"hpo_study of run {study.run_id}: best_params is not a mapping of parameters: {params!r}")
+    try:
+        tuned = config.training_config(study["family"], study["geometry"], params)
+    except ValueError as exc:  # pydantic's ValidationError included
+        raise dg.Failure(f"hpo_study of run {study.run_id}: {exc}") from None
+    context.log.info(f"hyper-parameters of study {study['study_name']!r} (run {study.run_id}): {params}")
+    return tuned
+
+
+#: the training asset of each family (the loop's; tuned_model trains either)
 TRAINING_ASSETS = {"3dgan": gan_model, "flow": flow_model}
 assert set(TRAINING_ASSETS) == set(FAMILIES)
 
@@ -128,18 +132,15 @@ def training_runs(storage, geometry: str) -> list[dict]:
     return runs
 
 
-def _train_and_register(context: dg.AssetExecutionContext, config: TrainingConfig) -> dg.MaterializeResult:
+def _train_and_register(
+    context: dg.AssetExecutionContext, config: TrainingConfig, study: Materialization | None = None
+) -> dg.MaterializeResult:
+    """Train ``config`` where the compute resource says, log and register the generator; ``study``: the
+    hpo_study whose best parameters ``config`` holds (recorded with the run and the version)."""
     storage = context.resources.storage
     family = config.family
     runs = training_runs(storage, config.geometry)
-    tuned_from = ""
-    if config.hyperparameters_from:
-        params, tuned_from = tuned_parameters(storage, config.hyperparameters_from, config.geometry, family)
-        try:
-            config = config.with_hyperparameters(params)
-        except (ValueError, ValidationError) as exc:
-            raise dg.Failure(f"hyperparameters_from {tuned_from}: {exc}") from None
-        context.log.info(f"hyper-parameters from {tuned_from}: {params}")
+    tuned_from = "" if study is None else str(study["best_params_path"])
     train_config = config.train_config()
     particle = config.training_particle()
     identity = {**train_config.to_dict(), "warm_start": config.warm_start}
@@ -226,6 +227,7 @@ def _train_and_register(context: dg.AssetExecutionContext, config: TrainingConfi
             "geometry": config.geometry,
             "warm_start": config.warm_start or "none",
             "hyperparameters_from": tuned_from or "config",
+            **({"hpo_study_run": dg.MetadataValue.dagster_run(study.run_id)} if study is not None else {}),
             "checkpoint": dg.MetadataValue.path(result.checkpoint_url),
             "reproducibility_record": dg.MetadataValue.path(record_uri),
             "generator_parameters": parameter_count(result.generator),

@@ -233,9 +233,9 @@ class TwinSettings(_Section):
             }
         }
 
-    def promotion_run_config(self, validation: str) -> dict[str, Any]:
-        """Run config of ``promote_champion`` judging one validation (its ``validation`` pointer)."""
-        config = ChampionConfig(registered_model_name=self.model_name, validation=validation)
+    def promotion_run_config(self, validation_run_id: str) -> dict[str, Any]:
+        """Run config of ``promote_champion`` judging one validation: the run that materialized its report."""
+        config = ChampionConfig(registered_model_name=self.model_name, validation=validation_run_id)
         return {"ops": {"champion_model": {"config": config.model_dump()}}}
 
 

@@ -1,10 +1,11 @@
 """Validation stage: MC reference, generated showers, the validation report with its blocking checks,
 the promotion of the champion, and a generation-speed benchmark.
 
-Samples are zarr stores under ``validation/``; each asset also writes a small JSON pointer
-(``validation/<asset>.json``) naming what it produced, which the next asset reads. Reports live
-under ``reports/<model>/v<version>/<reference>-<settings>/`` (HTML and JSON) and are logged to the
-model version's MLflow training run.
+Samples are zarr stores under ``validation/``. Each asset records what it produced (URLs, keys, the
+model) in its materialization's metadata, and the next asset reads the materialization of its own
+run (:mod:`dt_assets.defs.upstream`): two validations launched at the same time each judge their own
+model. Reports live under ``reports/<model>/v<version>/<reference>-<settings>/`` (HTML and JSON) and
+are logged to the model version's MLflow training run.
 """
 
 import tempfile
@@ -38,17 +39,10 @@ from .configs import (
     ValidationReportConfig,
 )
 from .metadata import image
-from .model import flow_model, gan_model
+from .model import flow_model, gan_model, tuned_model
+from .upstream import Materialization, upstream
 
 CHAMPION = "champion"
-
-
-def _pointer(storage: StorageResource, name: str) -> dict[str, Any]:
-    """What the asset ``name`` last produced (its JSON pointer under ``validation/``)."""
-    url = storage.validation_url(f"{name}.json")
-    if not storage.exists(url):
-        raise dg.Failure(f"no {name} yet: materialize {name} first")
-    return storage.read_json(url)
 
 
 @dg.asset(
@@ -80,10 +74,6 @@ def mc_reference(context: dg.AssetExecutionContext, config: ReferenceConfig, sto
                 grid, 2 * cfg.events_per_cell, config.geometry, config.particle, config.seed, progress.update
             )
         write_showers(showers, url, storage.options(), attrs={"run_key": key})
-    storage.write_json(
-        storage.validation_url("mc_reference.json"),
-        {"key": key, "url": url, "config": cfg.to_dict(), **spec},
-    )
     return dg.MaterializeResult(
         metadata={
             "reference_key": key,
@@ -93,12 +83,14 @@ def mc_reference(context: dg.AssetExecutionContext, config: ReferenceConfig, sto
             "grid": dg.MetadataValue.json(grid.to_dict()),
             "geometry": config.geometry,
             "particle": config.particle,
+            "seed": config.seed,
+            "validation_config": dg.MetadataValue.json(cfg.to_dict()),
         }
     )
 
 
 @dg.asset(
-    deps=[mc_reference, gan_model, flow_model],
+    deps=[mc_reference, gan_model, flow_model, tuned_model],
     group_name="validation",
     kinds={"pytorch", "zarr"},
     description="Showers from a registered generator (default: the challenger) at the MC reference's conditions.",
@@ -110,7 +102,7 @@ def generated_showers(
     registry: ModelRegistry,
 ):
     registry.activate()
-    reference = _pointer(storage, "mc_reference")
+    reference = upstream(context, mc_reference.key)
     model_uri = config.resolved_uri()
     version = resolve_version(model_uri)
     generator = load_generator(version_uri(version))
@@ -120,9 +112,9 @@ def generated_showers(
             f"reference is on {reference['geometry']}: materialize mc_reference with geometry "
             f"{generator.geometry.name!r}"
         )
-    cfg = ValidationConfig.from_dict(reference["config"])
+    cfg = ValidationConfig.from_dict(reference["validation_config"])
     url = storage.validation_url(
-        "generated", f"{version.name}-v{version.version}-{reference['key']}-s{config.seed}.zarr"
+        "generated", f"{version.name}-v{version.version}-{reference['reference_key']}-s{config.seed}.zarr"
     )
     if not storage.exists(url):
         started = time.monotonic()
@@ -130,24 +122,15 @@ def generated_showers(
         showers.attrs["model_uri"] = version_uri(version)
         write_showers(showers, url, storage.options())
         context.log.info(f"generated {showers.sizes['event']} showers in {time.monotonic() - started:.1f} s")
-    storage.write_json(
-        storage.validation_url("generated_showers.json"),
-        {
-            "url": url,
-            "model_uri": version_uri(version),
-            "name": version.name,
-            "version": version.version,
-            "run_id": version.run_id,
-            "reference_key": reference["key"],
-            "seed": config.seed,
-        },
-    )
     return dg.MaterializeResult(
         metadata={
             "model_uri": version_uri(version),
+            "registered_model": version.name,
             "model_version": int(version.version),
+            "mlflow_run_id": version.run_id,
             "path": dg.MetadataValue.path(url),
-            "reference_key": reference["key"],
+            "reference_key": reference["reference_key"],
+            "seed": config.seed,
         }
     )
 
@@ -190,23 +173,30 @@ def validation_report(
     registry: ModelRegistry,
 ):
     registry.activate()
-    reference = _pointer(storage, "mc_reference")
-    generated = _pointer(storage, "generated_showers")
-    if generated["reference_key"] != reference["key"]:
-        raise dg.Failure("generated_showers was made for another MC reference: materialize generated_showers again")
-    cfg = config.validation_config(ValidationConfig.from_dict(reference["config"]))
-    context.log.info(f"validating {generated['name']} v{generated['version']} against {reference['key']}")
+    reference = upstream(context, mc_reference.key)
+    generated = upstream(context, generated_showers.key)
+    reference_key = reference["reference_key"]
+    if generated["reference_key"] != reference_key:
+        raise dg.Failure(
+            f"generated_showers (run {generated.run_id}) was made for the MC reference {generated['reference_key']}, "
+            f"not {reference_key} (run {reference.run_id}): materialize generated_showers again"
+        )
+    cfg = config.validation_config(ValidationConfig.from_dict(reference["validation_config"]))
+    name, version = generated["registered_model"], str(generated["model_version"])
+    context.log.info(
+        f"validating {name} v{version} (generated_showers of run {generated.run_id}) against {reference_key}"
+    )
     started = time.monotonic()
     result = validate(
-        read_showers(reference["url"], storage.options(), validate=False),
-        read_showers(generated["url"], storage.options(), validate=False),
+        read_showers(reference["path"], storage.options(), validate=False),
+        read_showers(generated["path"], storage.options(), validate=False),
         cfg,
     )
     seconds = time.monotonic() - started
     result.provenance["model_uri"] = generated["model_uri"]
-    result.provenance["reference_key"] = reference["key"]
-    folder = _report_folder(generated["name"], generated["version"], reference["key"], cfg)
-    html_url, json_url = _publish(storage, result, folder, generated["run_id"])
+    result.provenance["reference_key"] = reference_key
+    folder = _report_folder(name, version, reference_key, cfg)
+    html_url, json_url = _publish(storage, result, folder, generated["mlflow_run_id"])
     tag_version(
         resolve_version(generated["model_uri"]),
         {
@@ -215,23 +205,6 @@ def validation_report(
             "validation_report": html_url,
         },
     )
-    validation = {
-        "result": json_url,
-        "html": html_url,
-        "model_uri": generated["model_uri"],
-        "name": generated["name"],
-        "version": generated["version"],
-        "run_id": generated["run_id"],
-        "reference_key": reference["key"],
-        "reference_url": reference["url"],
-        "particle": reference["particle"],
-        "seed": generated["seed"],
-        "passed": result.passed,
-    }
-    # the latest validation, and this one for good (what champion_model judges when it is named)
-    validation_url = storage.report_url(folder, "validation.json")
-    storage.write_json(validation_url, validation)
-    storage.write_json(storage.validation_url("validation_report.json"), validation)
     context.log.info(f"{result.summary()} ({seconds:.0f} s); report {html_url}")
     failing = result.failing_checks()
     return dg.MaterializeResult(
@@ -241,9 +214,15 @@ def validation_report(
             **{name: float(m.value) for name, m in result.global_metrics().items() if name != "coverage"},
             "score": dg.MetadataValue.text(f"{result.score_name} = {result.score:.4g}"),
             "model_uri": generated["model_uri"],
+            "registered_model": name,
+            "model_version": int(version),
             "report": dg.MetadataValue.path(html_url),
             "result_json": dg.MetadataValue.path(json_url),
-            "validation": dg.MetadataValue.path(validation_url),
+            # what champion_model needs to judge the champion on the same reference
+            "reference_key": reference_key,
+            "reference_path": dg.MetadataValue.path(reference["path"]),
+            "particle": reference["particle"],
+            "seed": int(generated["seed"]),
             "summary": dg.MetadataValue.md(markdown_summary(result)),
             "summary_table": _table(summary_rows(result)),
             "failing_checks": dg.MetadataValue.json(dict(list(failing.items())[:20])),
@@ -278,11 +257,6 @@ def _table(rows: list[dict[str, Any]]) -> dg.MetadataValue:
     return dg.MetadataValue.table(records, schema=dg.TableSchema(columns=columns))
 
 
-def _latest_result(storage: StorageResource) -> tuple[dict[str, Any], ValidationResult]:
-    pointer = _pointer(storage, "validation_report")
-    return pointer, read_result(storage, pointer["result"])
-
-
 GATES = ("coverage", "fpd", "kpd", "classifier_auc")
 
 
@@ -301,9 +275,10 @@ GATES = ("coverage", "fpd", "kpd", "classifier_auc")
     required_resource_keys={"storage"},
 )
 def validation_gates(context: dg.AssetCheckExecutionContext):
-    """The four blocking gates of the latest validation report; a gate without a threshold yields no result,
-    so Dagster shows it skipped."""
-    pointer, result = _latest_result(context.resources.storage)
+    """The four blocking gates of the validation report of this run (or the latest, checked on its own); a gate
+    without a threshold yields no result, so Dagster shows it skipped."""
+    report = upstream(context, validation_report.key)
+    result = read_result(context.resources.storage, report["result_json"])
     found = {g.name: g for g in gates(result)}
     for name in GATES:
         if f"{name}_gate" not in {key.name for key in context.selected_asset_check_keys}:
@@ -316,7 +291,7 @@ def validation_gates(context: dg.AssetCheckExecutionContext):
             check_name=f"{name}_gate",
             asset_key=validation_report.key,
             passed=gate.passed,
-            metadata={"model_uri": pointer["model_uri"], "reason": gate.reason},
+            metadata={"model_uri": report["model_uri"], "reason": gate.reason},
         )
 
 
@@ -342,24 +317,21 @@ def _champion_result(
     context: dg.AssetExecutionContext,
     storage: StorageResource,
     champion,
-    pointer: dict[str, Any],
+    report: Materialization,
     candidate: ValidationResult,
 ) -> ValidationResult:
     """The champion judged against the same reference with the same settings (validated now if never)."""
     cfg = ValidationConfig.from_dict(candidate.config)
-    if "reference_url" not in pointer:  # written before validations recorded their reference
-        reference = _pointer(storage, "mc_reference")
-        pointer = {**pointer, "reference_url": reference["url"], "particle": reference["particle"]}
-    folder = _report_folder(champion.name, champion.version, pointer["reference_key"], cfg)
+    folder = _report_folder(champion.name, champion.version, report["reference_key"], cfg)
     json_url = storage.report_url(folder, "result.json")
     if storage.exists(json_url):
         return read_result(storage, json_url)
     context.log.info(f"validating the champion (version {champion.version}) on the same reference and settings")
     generator = load_generator(version_uri(champion))
     showers = _generate(
-        context, generator, cfg, pointer["particle"], int(pointer["seed"]), f"the champion v{champion.version}"
+        context, generator, cfg, report["particle"], int(report["seed"]), f"the champion v{champion.version}"
     )
-    result = validate(read_showers(pointer["reference_url"], storage.options(), validate=False), showers, cfg)
+    result = validate(read_showers(report["reference_path"], storage.options(), validate=False), showers, cfg)
     _publish(storage, result, folder, champion.run_id)
     return result
 
@@ -375,22 +347,21 @@ def champion_model(
     context: dg.AssetExecutionContext, config: ChampionConfig, storage: StorageResource, registry: ModelRegistry
 ):
     registry.activate()
-    if config.validation:
-        if not storage.exists(config.validation):
-            raise dg.Failure(f"validation: no validation at {config.validation}")
-        pointer = storage.read_json(config.validation)
-        candidate = read_result(storage, pointer["result"])
-    else:
-        pointer, candidate = _latest_result(storage)
-    if pointer["name"] != config.registered_model_name:
-        raise dg.Failure(f"the validation judged {pointer['name']}, not {config.registered_model_name}")
-    candidate_version = resolve_version(pointer["model_uri"])
+    report = upstream(context, validation_report.key, config.validation, "validation")
+    candidate = read_result(storage, report["result_json"])
+    if report["registered_model"] != config.registered_model_name:
+        raise dg.Failure(
+            f"the validation of run {report.run_id} judged {report['registered_model']}, "
+            f"not {config.registered_model_name}"
+        )
+    context.log.info(f"judging {report['model_uri']}, validated in run {report.run_id}")
+    candidate_version = resolve_version(report["model_uri"])
     champion = alias_version(CHAMPION, config.registered_model_name)
     if champion is not None and champion.version == candidate_version.version:
         promote, reason = False, f"version {champion.version} is already the champion"
         champion_score = candidate.score
     else:
-        champion_result = None if champion is None else _champion_result(context, storage, champion, pointer, candidate)
+        champion_result = None if champion is None else _champion_result(context, storage, champion, report, candidate)
         decision = decide_promotion(candidate, champion_result)
         promote, reason = decision.promote, decision.reason
         champion_score = float("nan") if champion_result is None else champion_result.score
@@ -406,6 +377,7 @@ def champion_model(
             "promoted": promote,
             "reason": dg.MetadataValue.text(reason),
             "candidate_version": int(candidate_version.version),
+            "validation_run": dg.MetadataValue.dagster_run(report.run_id),
             "champion_version": dg.MetadataValue.text(
                 str(candidate_version.version) if promote else (previous or "none")
             ),
@@ -418,7 +390,7 @@ def champion_model(
 
 
 @dg.asset(
-    deps=[gan_model, flow_model],
+    deps=[gan_model, flow_model, tuned_model],
     group_name="validation",
     kinds={"pytorch"},
     description="Showers per second of a registered generator against the MC on this machine, at one condition; "
