@@ -13,6 +13,8 @@ from dt_assets import read_showers, write_hdf5
 from dt_assets.definitions import defs
 from dt_assets.defs.data import raw_showers, simulation_runs
 from dt_assets.defs.model import gan_model
+from dt_assets.defs.pipeline import materialize_training_set
+from dt_assets.defs.preprocess import training_set
 from resources import LocalStorage, ObjectStorage, storage_from_env
 
 SMALL_RUN = {
@@ -233,3 +235,17 @@ def test_storage_is_chosen_by_environment(monkeypatch, home):
     monkeypatch.setenv("CALOTWIN_STORAGE_URL", "s3://bucket/calotwin")
     chosen = storage_from_env()
     assert isinstance(chosen, ObjectStorage) and chosen.url("data") == "s3://bucket/calotwin/data"
+
+
+def test_each_training_set_keeps_its_own_manifest_and_hands_it_on(home, instance):
+    # the manifest is named by its content and its URL handed on in the materialization: a training that was handed
+    # the first set reads the first set, even after a second one (no "latest" file that the next overwrites)
+    storage = LocalStorage()
+    paths = []
+    for seed in (1, 2):
+        materialize_training_set(instance, {"storage": storage}, [{**SMALL_RUN, "n_events": 100, "seed": seed}])
+        event = instance.get_latest_materialization_event(training_set.key)
+        paths.append(event.asset_materialization.metadata["path"].value)
+    first, second = (storage.read_json(path) for path in paths)
+    assert paths[0] != paths[1] and paths[0].startswith(storage.url("data", "training_sets"))
+    assert [len(m["geometries"][SMALL_RUN["geometry"]]["runs"]) for m in (first, second)] == [1, 2]

@@ -134,11 +134,12 @@ def test_pipeline_runs_on_s3_a_postgres_instance_and_an_mlflow_server(
                 assets, instance=instance, resources=resources, run_config={"ops": ops, **QUIET}, **kwargs
             )
 
-        # data: one dynamic partition, raw and preprocessed zarr stores, the training set pointer
+        # data: one dynamic partition, raw and preprocessed zarr stores, the training set's manifest
         results = [run([simulation_runs], {"simulation_runs": {"simulations": [SIMULATION]}})]
         (key,) = instance.get_dynamic_partitions("simulation_runs")
         results.append(run([raw_showers, preprocessed_showers], partition_key=key))
         results.append(run([training_set]))
+        manifest = materialized(results[-1], "training_set")["path"]
         # model: training on S3, logged and registered on the MLflow server (started meanwhile)
         mlflow_server.ready()
         results.append(run([gan_model], {"gan_model": GAN}))
@@ -160,7 +161,7 @@ def test_pipeline_runs_on_s3_a_postgres_instance_and_an_mlflow_server(
             storage.run_spec_url(key),
             storage.raw_showers_url(key),
             storage.preprocessed_url(key),
-            storage.training_set_url(),
+            manifest,
             trained["checkpoint"],
             report["report"],
             report["result_json"],

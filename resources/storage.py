@@ -36,7 +36,7 @@ STORAGE_OPTIONS_ENV = "CALOTWIN_STORAGE_OPTIONS"
 
 class StorageResource(ConfigurableResource):
     """A root location with a fixed layout: ``data/raw/<run>.zarr``, ``data/runs/<run>.json``,
-    ``data/preprocessed/<run>.zarr``, ``data/training_set.json``, ``checkpoints/<training>/``,
+    ``data/preprocessed/<run>.zarr``, ``data/training_sets/<key>.json``, ``checkpoints/<training>/``,
     ``validation/`` (reference and generated samples), ``reports/``, and the landing area: ``landing/``,
     ``data/landed/<file-key>/`` (accepted) and ``quarantine/`` (refused)."""
 
@@ -61,8 +61,9 @@ class StorageResource(ConfigurableResource):
     def preprocessed_url(self, run_key: str) -> str:
         return self.url("data", "preprocessed", f"{run_key}.zarr")
 
-    def training_set_url(self) -> str:
-        return self.url("data", "training_set.json")
+    def training_set_url(self, key: str) -> str:
+        """A training set's manifest, named by its content (``training_set`` hands the URL on in its metadata)."""
+        return self.url("data", "training_sets", f"{key}.json")
 
     def checkpoint_dir(self, training_key: str) -> str:
         return self.url("checkpoints", training_key)

@@ -72,7 +72,7 @@ def hpo_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.M
 
 def _run_study(context: dg.AssetExecutionContext, config: HpoStudyConfig) -> dg.MaterializeResult:
     storage = context.resources.storage
-    runs = training_runs(storage, config.geometry)
+    runs = training_runs(context, config.geometry)
     validation = config.validation_config()
     reference_url = _scoring_reference(context, config, validation)
     storage_url = config.storage_url or default_study_storage()

@@ -122,11 +122,16 @@ def ending_mlflow_run() -> Iterator[None]:
     mlflow.end_run()
 
 
-def training_runs(storage, geometry: str) -> list[dict]:
-    """The training set's preprocessed runs of ``geometry``; fails naming what to materialize or the geometry."""
-    if not storage.exists(storage.training_set_url()):
+def training_runs(context: dg.AssetExecutionContext, geometry: str) -> list[dict]:
+    """The preprocessed runs of ``geometry`` in the training set this run was handed (its ``training_set``
+    materialization's manifest); fails naming what to materialize or the geometry."""
+    if context.instance.get_latest_materialization_event(training_set.key) is None:
         raise dg.Failure("no training set yet: materialize preprocessed_showers and training_set first")
-    runs = runs_for(storage.read_json(storage.training_set_url()), geometry)
+    storage = context.resources.storage
+    url = str(upstream(context, training_set.key)["path"])
+    if not storage.exists(url):
+        raise dg.Failure(f"the training set's manifest {url} is gone: materialize training_set again")
+    runs = runs_for(storage.read_json(url), geometry)
     if not runs:
         raise dg.Failure(f"the training set has no preprocessed run on geometry {geometry!r}")
     return runs
@@ -139,7 +144,7 @@ def _train_and_register(
     hpo_study whose best parameters ``config`` holds (recorded with the run and the version)."""
     storage = context.resources.storage
     family = config.family
-    runs = training_runs(storage, config.geometry)
+    runs = training_runs(context, config.geometry)
     tuned_from = "" if study is None else str(study["best_params_path"])
     train_config = config.train_config()
     particle = config.training_particle()

@@ -4,7 +4,7 @@ import dagster as dg
 
 from resources.storage import StorageResource
 
-from ..fsio import store_size_bytes
+from ..fsio import sha256_json, store_size_bytes
 from ..model.manifest import build_manifest
 from ..model.preprocess import SPLITS, Transform, preprocess_blocks
 from ..showers.store import iter_blocks, open_store, write_blocks
@@ -63,7 +63,9 @@ def training_set(context: dg.AssetExecutionContext, storage: StorageResource) ->
         (key, storage.preprocessed_url(key)) for key in sorted(done) if storage.exists(storage.preprocessed_url(key))
     ]
     manifest = build_manifest(runs, storage.options())
-    storage.write_json(storage.training_set_url(), manifest)
+    # named by its content: a training that read an earlier set keeps reading that one (no "latest" file)
+    url = storage.training_set_url(sha256_json(manifest, 16))
+    storage.write_json(url, manifest)
     rows = [
         dg.TableRecord({"geometry": geometry, **run})
         for geometry, group in manifest["geometries"].items()
@@ -75,7 +77,7 @@ def training_set(context: dg.AssetExecutionContext, storage: StorageResource) ->
     ]
     return dg.MaterializeResult(
         metadata={
-            "path": dg.MetadataValue.path(storage.training_set_url()),
+            "path": dg.MetadataValue.path(url),
             "runs": dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=columns)),
             "partitions": dg.MetadataValue.json(sorted(key for key, _ in runs)),
             "train_events": sum(r.data["train"] for r in rows),
