@@ -13,6 +13,7 @@ from .defs.jobs import (
     register_runs_job,
     train_flow_job,
     train_job,
+    train_tuned_job,
     validate_job,
     validate_model_job,
 )
@@ -54,6 +55,7 @@ defs = dg.Definitions(
         ingest_runs_job,
         train_job,
         train_flow_job,
+        train_tuned_job,
         validate_job,
         validate_model_job,
         promote_job,

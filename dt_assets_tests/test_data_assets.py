@@ -101,6 +101,7 @@ def test_definitions_load_with_the_pinned_graph():
         "ingest_runs",
         "train_gan",
         "train_flow",
+        "train_tuned",
         "validate_and_promote",
         "validate_model",
         "promote_champion",

@@ -22,8 +22,10 @@ from conftest import SMALL
 from dt_assets import load_generator
 from dt_assets.defs.configs import FlowModelConfig, GanModelConfig, HpoSearchSpaceConfig, HpoStudyConfig
 from dt_assets.defs.hpo import default_study_storage, hpo_study
+from dt_assets.defs.loop import MODEL_TAG, validation_request
 from dt_assets.defs.model import gan_model, tuned_model
 from dt_assets.defs.pipeline import QUIET, materialize_training_set
+from dt_assets.defs.twin_settings import TwinSettings
 from dt_assets.model.flow_training import FlowTrainConfig
 from dt_assets.model.registry import default_tracking_uri
 from dt_assets.model.step import TrainConfig
@@ -270,6 +272,9 @@ def test_two_workers_share_a_study_and_its_best_parameters_feed_tuned_model(home
     generator = load_generator(model["model_uri"].value)
     assert generator.arch.latent_size == best.params["latent_size"]
     assert mlflow.active_run() is None
+    # the loop validates the version a tuned training registered, as it does a gan_model's or flow_model's
+    request = validation_request(instance, instance.get_run_by_id(trained.run_id), TwinSettings())
+    assert isinstance(request, dg.RunRequest) and request.tags[MODEL_TAG] == model["model_uri"].value
 
 
 def study_stub(geometry: str, family: str, params: dict) -> dg.AssetsDefinition:

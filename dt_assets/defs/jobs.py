@@ -41,6 +41,14 @@ train_flow_job = dg.define_asset_job(
     description="Rebuild the training set from the preprocessed runs and train, log and register a flow-matching "
     "generator.",
 )
+train_tuned_job = dg.define_asset_job(
+    "train_tuned",
+    executor_def=dg.in_process_executor,
+    selection=dg.AssetSelection.assets("training_set", "tuned_model"),
+    tags=TRAINING_QUEUE,
+    description="Rebuild the training set from the preprocessed runs and train, log and register a generator with "
+    "an hpo_study's best parameters (tuned_model: the latest study, or the one whose run its config names).",
+)
 #: the training job of each generator family
 TRAINING_JOBS = {"3dgan": train_job, "flow": train_flow_job}
 validate_job = dg.define_asset_job(
