@@ -242,7 +242,7 @@ def test_two_validations_at_the_same_time_each_judge_their_own_model(home, insta
         assert message in failure.step_failure_data.error.message
 
 
-def test_a_dependant_reads_its_run_then_the_run_it_re_executes_then_the_latest(instance):
+def test_a_dependent_reads_its_run_then_the_run_it_re_executes_then_the_latest(instance):
     @dg.asset
     def source(context) -> dg.MaterializeResult:  # unannotated: a string annotation does not resolve here
         return dg.MaterializeResult(metadata={"made_by": context.run.run_id})

@@ -1,7 +1,7 @@
-"""What an asset hands its dependants: the metadata of its materialization, read from Dagster's event log.
+"""What an asset hands its dependents: the metadata of its materialization, read from Dagster's event log.
 
 An asset records what it produced (URLs of zarr stores and reports, keys, the model it judged) as
-materialization metadata. A dependant reads the materialization of the run it is part of, so two
+materialization metadata. A dependent reads the materialization of the run it is part of, so two
 runs of the same assets at the same time (two launches from the UI) never read each other's:
 
 1. the upstream asset's materialization in this run;
