@@ -133,6 +133,7 @@ def test_make_ui_serves_the_assets_with_metadata_and_checks(demo_home):
             ("hpo_study",),
             ("gan_model",),
             ("flow_model",),
+            ("tuned_model",),
             ("mc_reference",),
             ("generated_showers",),
             ("validation_report",),
