@@ -90,7 +90,9 @@ def page(ui):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        # large enough that an asset's lineage with five neighbours (generated_showers: mc_reference, the three
+        # trainings, validation_report) is drawn with its names; at 1600 x 1000 the graph zooms out past its labels
+        page = browser.new_page(viewport={"width": 2400, "height": 1400})
         page.set_default_timeout(60_000)
         yield page
         browser.close()
