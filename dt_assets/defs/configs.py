@@ -278,11 +278,11 @@ class TunedModelConfig(dg.Config):
     def training_config(self, family: str, geometry: str, params: dict[str, Any]) -> TrainingConfig:
         """The settings of the tuned ``family`` with ``params`` in place; a ValueError names a family or geometry
         that does not match, or a bad parameter."""
-        sections: dict[str, TrainingConfig] = {"3dgan": self.gan_model, "flow": self.flow_model}
+        sections = {"3dgan": "gan_model", "flow": "flow_model"}
         if family not in sections:
             raise ValueError(f"the study tuned an unknown family {family!r}; known: {sorted(sections)}")
-        section = "gan_model" if family == "3dgan" else "flow_model"
-        base = sections[family]
+        section = sections[family]
+        base: TrainingConfig = getattr(self, section)
         if base.geometry != geometry:
             raise ValueError(
                 f"the study tuned geometry {geometry!r}, {section}.geometry is {base.geometry!r}: set it to the "

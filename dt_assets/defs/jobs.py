@@ -26,31 +26,31 @@ ingest_runs_job = dg.define_asset_job(
     description="Simulate or import the raw showers of registered runs (one partition per run), with their "
     "checks, and preprocess them.",
 )
-train_job = dg.define_asset_job(
-    "train_gan",
-    executor_def=dg.in_process_executor,
-    selection=dg.AssetSelection.assets("training_set", "gan_model"),
-    tags=TRAINING_QUEUE,
-    description="Rebuild the training set from the preprocessed runs and train, log and register a 3DGAN.",
-)
-train_flow_job = dg.define_asset_job(
-    "train_flow",
-    executor_def=dg.in_process_executor,
-    selection=dg.AssetSelection.assets("training_set", "flow_model"),
-    tags=TRAINING_QUEUE,
-    description="Rebuild the training set from the preprocessed runs and train, log and register a flow-matching "
-    "generator.",
-)
-train_tuned_job = dg.define_asset_job(
+
+
+def _training_job(name: str, asset: str, what: str):
+    """A job that rebuilds the training set, then trains, logs and registers ``what`` (the asset ``asset``)."""
+    return dg.define_asset_job(
+        name,
+        executor_def=dg.in_process_executor,
+        selection=dg.AssetSelection.assets("training_set", asset),
+        tags=TRAINING_QUEUE,
+        description=f"Rebuild the training set from the preprocessed runs and train, log and register {what}.",
+    )
+
+
+train_job = _training_job("train_gan", "gan_model", "a 3DGAN")
+train_flow_job = _training_job("train_flow", "flow_model", "a flow-matching generator")
+train_tuned_job = _training_job(
     "train_tuned",
-    executor_def=dg.in_process_executor,
-    selection=dg.AssetSelection.assets("training_set", "tuned_model"),
-    tags=TRAINING_QUEUE,
-    description="Rebuild the training set from the preprocessed runs and train, log and register a generator with "
-    "an hpo_study's best parameters (tuned_model: the latest study, or the one whose run its config names).",
+    "tuned_model",
+    "a generator with an hpo_study's best parameters (tuned_model: the latest study, or the one whose run its config "
+    "names)",
 )
 #: the training job of each generator family
 TRAINING_JOBS = {"3dgan": train_job, "flow": train_flow_job}
+#: every job that trains (a busy one holds the loop's retraining; the loop validates what each registers)
+ALL_TRAINING_JOBS = (*TRAINING_JOBS.values(), train_tuned_job)
 validate_job = dg.define_asset_job(
     "validate_and_promote",
     executor_def=dg.in_process_executor,

@@ -32,9 +32,9 @@ from resources import ModelRegistry, StorageResource
 from ..fsio import sha256_json
 from ..model.registry import alias_version, version_uri
 from ..showers.store import open_store
-from .jobs import TRAINING_JOBS, ingest_runs_job, promote_job, train_tuned_job, validate_model_job
+from .jobs import ALL_TRAINING_JOBS, TRAINING_JOBS, ingest_runs_job, promote_job, validate_model_job
 from .landing import LOOP_TAG, SETTINGS, busy, land_files_job, landing_sensors, on_run_status, sensor_status
-from .model import TRAINING_ASSETS, tuned_model
+from .model import ALL_TRAINING_ASSETS, TRAINING_ASSETS
 from .preprocess import preprocessed_showers
 from .twin_settings import TwinSettings
 from .upstream import materialization_in_run
@@ -74,7 +74,7 @@ def retrain_tick(
     """One look for data the latest model has not seen (the body of ``retrain_sensor``)."""
     instance = context.instance
     family = settings.retrain.family
-    busy_jobs = [(job.name, "a training") for job in (*TRAINING_JOBS.values(), train_tuned_job)] + [
+    busy_jobs = [(job.name, "a training") for job in ALL_TRAINING_JOBS] + [
         (land_files_job.name, "landing"),
         (ingest_runs_job.name, "ingestion"),
     ]
@@ -146,8 +146,7 @@ def validation_request(
     instance: dg.DagsterInstance, run: dg.DagsterRun, settings: TwinSettings
 ) -> dg.RunRequest | dg.SkipReason:
     """Validate the version a finished training run registered."""
-    trainings = [*TRAINING_ASSETS.values(), tuned_model]
-    found = (materialization_in_run(instance, run.run_id, asset.key) for asset in trainings)
+    found = (materialization_in_run(instance, run.run_id, asset.key) for asset in ALL_TRAINING_ASSETS)
     model = next((m.metadata for m in found if m is not None), None)
     if model is None:
         return dg.SkipReason(f"run {run.run_id[:8]} registered no model")
@@ -163,7 +162,7 @@ def validation_request(
 
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[*TRAINING_JOBS.values(), train_tuned_job],
+    monitored_jobs=list(ALL_TRAINING_JOBS),
     request_job=validate_model_job,
     default_status=sensor_status(),
     minimum_interval_seconds=5,

@@ -109,6 +109,8 @@ def _tuned(context: dg.AssetExecutionContext, config: TunedModelConfig, study: M
 #: the training asset of each family (the loop's; tuned_model trains either)
 TRAINING_ASSETS = {"3dgan": gan_model, "flow": flow_model}
 assert set(TRAINING_ASSETS) == set(FAMILIES)
+#: every asset that trains and registers a generator
+ALL_TRAINING_ASSETS = (*TRAINING_ASSETS.values(), tuned_model)
 
 
 @contextmanager
