@@ -85,8 +85,11 @@ class FlowArchitecture:
     stage1_steps: int = 32
     stage2_steps: int = 8  # see FlowTrainConfig.stage2_steps
     threshold_mev: float = THRESHOLD_MEV
-    #: an empty cell's log energy lies uniformly in [log(threshold) - gap - width, log(threshold) - gap]
-    zero_gap: float = 2.3
+    #: an empty cell's log energy lies uniformly in [log(threshold) - gap - width, log(threshold) - gap]. A flow blurs
+    #: the gap between the empty cells' band and the threshold: with a gap of 2.3 (log units) stage 2 put 25-34% of the
+    #: cells it ranks among a layer's kept ones inside it, and its layers came out 20-40% too wide before the moment
+    #: tilt; with 0.3, 7-11% and 1-7% (layers 1-5; bench/README.md). A model keeps the gap it was trained with.
+    zero_gap: float = 0.3
     zero_width: float = 1.0
     #: stage 1 also learns each layer's transverse barycentre and width, stage 2 is conditioned on them and
     #: the assembled layers are tilted to stage 1's barycentres and widths
@@ -533,6 +536,9 @@ class FlowGenerator(nn.Module):
                 # twice that)
                 fallback = self._kept_energies(anchored, keep, layer_energy, spare, mean, width, fraction)
                 energy = self._unless_further(energy, fallback, layer_energy, mean, width)
+                # both hold thr or more where kept (0 elsewhere): the blend only by its rounding, which a hot cell's
+                # few ulps can make a 1e-5 of thr
+                energy = torch.where(energy > 0, energy.clamp_min(thr), energy)
         return energy.reshape(-1, *a.grid)  # 0 where not kept (both candidates are)
 
     def _kept_energies(
