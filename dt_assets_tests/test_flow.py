@@ -15,14 +15,7 @@ import torch
 
 from conftest import SMALL, torchrun_training
 from dt_assets import build_generator, generate, get_geometry, load_generator, simulate, simulate_blocks
-from dt_assets.model.flow import (
-    PEAK_TOLERANCE,
-    THRESHOLD_MEV,
-    WIDTH_FLOOR,
-    FlowArchitecture,
-    FlowGenerator,
-    flow_architecture_for,
-)
+from dt_assets.model.flow import PEAK_TOLERANCE, WIDTH_FLOOR, FlowArchitecture, FlowGenerator, flow_architecture_for
 from dt_assets.model.flow_training import FlowRecipe, FlowTrainConfig, batch_deposits, learning_rate
 from dt_assets.model.generation import save_generator
 from dt_assets.model.preprocess import preprocess_blocks
@@ -170,7 +163,7 @@ def test_assembly_gives_each_layer_stage_one_moments_and_hottest_cell():
     stage1 = tilted.stage1_data(truth, noise)
     cells = tilted.cell_data(truth, noise)  # the hit cells blurred; the empty ones stay in their band below them
     cells = torch.where(
-        cells >= math.log(THRESHOLD_MEV), cells + 0.5 * torch.randn(cells.shape, generator=noise), cells
+        cells >= math.log(tilted.arch.threshold_mev), cells + 0.5 * torch.randn(cells.shape, generator=noise), cells
     )
     # the same showers without the hottest cell's number: stage 1's columns but the last (layer_peak) layer's
     no_peak = FlowGenerator(GEOMETRY, flow_architecture_for(GEOMETRY, layer_peak=False))

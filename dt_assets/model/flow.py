@@ -536,9 +536,6 @@ class FlowGenerator(nn.Module):
                 # twice that)
                 fallback = self._kept_energies(anchored, keep, layer_energy, spare, mean, width, fraction)
                 energy = self._unless_further(energy, fallback, layer_energy, mean, width)
-                # both hold thr or more where kept (0 elsewhere): the blend only by its rounding, which a hot cell's
-                # few ulps can make a 1e-5 of thr
-                energy = torch.where(energy > 0, energy.clamp_min(thr), energy)
         return energy.reshape(-1, *a.grid)  # 0 where not kept (both candidates are)
 
     def _kept_energies(
@@ -580,8 +577,7 @@ class FlowGenerator(nn.Module):
             fixed = fixed + torch.where(hot, hot_extra, zero)
             share = self.tilt(_normalised(share, free), free, layer_energy, fixed, free_energy, mean, width)
             peaked = fixed + free_energy * share
-            # both hold thr or more: no rounding below
-            energy = self._unless_further(peaked, energy, layer_energy, mean, width).clamp_min(thr)
+            energy = self._unless_further(peaked, energy, layer_energy, mean, width)
         return torch.where(keep, energy, zero)
 
     def _unless_further(
@@ -594,10 +590,13 @@ class FlowGenerator(nn.Module):
     ) -> torch.Tensor:
         """Per layer ``candidate`` (B, x*y, z), or ``reference`` where the candidate's moments lie further from
         ``mean`` and ``width`` than the reference's by more than twice ``PEAK_TOLERANCE`` (cells), linearly in between
-        from one tolerance on (continuous, so that an exported graph's rounding cannot flip the choice)."""
+        from one tolerance on (continuous, so that an exported graph's rounding cannot flip the choice). Both hold the
+        threshold or more in the kept cells and 0 elsewhere, and so does the blend: held at the threshold against its
+        rounding (next to a hot cell's energy a few ulps are 1e-5 of the threshold)."""
         miss = [self._moment_miss(e, layer_energy, mean, width) for e in (candidate, reference)]
         weight = ((miss[1] + 2 * PEAK_TOLERANCE - miss[0]) / PEAK_TOLERANCE).clamp(0.0, 1.0)
-        return reference + weight * (candidate - reference)
+        blend = reference + weight * (candidate - reference)
+        return torch.where(reference > 0, blend.clamp_min(self.arch.threshold_mev), blend)
 
     def _layer_moments(self, energy: torch.Tensor, layer_energy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each layer's transverse barycentre and width (B, 2, z; cell units, 0 in empty layers) of cell energies
