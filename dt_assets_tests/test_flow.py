@@ -272,14 +272,44 @@ def test_stage_one_holds_the_barycentres_relative_to_the_shower_axis(untrained):
         relative.std(dim=0),
         stage1[:, x_barycentres].std(dim=0),
     )
-    # a model saved before the axis, the hottest cell and the soft floor of the kept cells existed loads without them
+    # a model saved before the axis, the hottest cell, the soft floor of the kept cells and the sub-cell phase existed
+    # loads without them
     spec = untrained.arch.to_dict()
-    for key in ("axis_barycentres", "layer_peak", "kept_softness"):
+    for key in ("axis_barycentres", "layer_peak", "kept_softness", "subcell_phase"):
         del spec[key]
     old = FlowGenerator(GEOMETRY, FlowArchitecture.from_dict(spec))
-    assert not (old.arch.axis_barycentres or old.arch.layer_peak or old.arch.kept_softness)
+    assert not (old.arch.axis_barycentres or old.arch.layer_peak or old.arch.kept_softness or old.arch.subcell_phase)
     assert "axis_coef" not in old.state_dict() and old.arch.stage1_size == 1 + 6 * GEOMETRY.n_layers
     assert "axis_coef" in untrained.state_dict()
+
+
+def test_stage_two_is_told_where_in_its_cell_each_layer_barycentre_lies(untrained):
+    # through stage 1's standardisation and the axis: each layer row of stage 2's condition ends with sin and cos of
+    # 2 pi x the offset of the layer's barycentre from the centre of the cell it lies in (x, then y)
+    mc = simulate(200, (10.0, 110.0), (60.0, 120.0), geometry=SMALL, seed=12)
+    observed = untrained.observe(
+        *(torch.tensor(mc[v].values, dtype=torch.float32) for v in ("energy_deposit", "primary_energy", "theta"))
+    )
+    stage1 = untrained.stage1_data(observed, torch.Generator().manual_seed(0))
+    standardised = untrained.standardised_stage1(stage1, observed.conditions)
+    rows = untrained.stage2_condition(observed.conditions, standardised)
+    n_z = GEOMETRY.n_layers
+    assert rows.shape == (200 * n_z, 2 + n_z + 1 + untrained.arch.layer_stats + 4)
+    phase = rows[:, -4:].reshape(200, n_z, 4)
+    offset = torch.atan2(phase[..., :2], phase[..., 2:]) / (2 * math.pi)  # (B, z, x/y) in (-1/2, 1/2]
+    hit = observed.count > 0  # (B, z); empty layers have a drawn barycentre
+    truth = observed.mean.transpose(1, 2)  # (B, z, 2) cells from the grid's centre (a cell centre: 15 cells)
+    wrapped = torch.remainder(offset - truth + 0.5, 1.0) - 0.5
+    assert wrapped[hit].abs().max() < 1e-3
+    assert ((truth[hit] - torch.round(truth[hit])).abs() > 0.1).float().mean() > 0.3  # not all at cell centres
+    # a whole cell further the phase is the same, a quarter of a cell further it is not
+    moved = stage1.clone()
+    for shift, same in ((1.0, True), (0.25, False)):
+        moved[:, 1 + 2 * n_z : 1 + 4 * n_z] = stage1[:, 1 + 2 * n_z : 1 + 4 * n_z] + shift
+        other = untrained.stage2_condition(
+            observed.conditions, untrained.standardised_stage1(moved, observed.conditions)
+        )
+        assert torch.allclose(other[:, -4:], rows[:, -4:], atol=1e-3) is same, shift
 
 
 def test_an_untrained_generator_makes_showers_of_the_right_scale():

@@ -118,6 +118,12 @@ class FlowArchitecture:
     #: layer's range of log energies, the k that gives stage 1's energy falls to 0.75-0.87 (1.02-1.10 with MC's own
     #: cells), the layers come out too wide and the moment tilt's narrowing takes their skewness (bench/README.md).
     kept_softness: float = 1.0
+    #: (with ``moments`` and ``stage2_per_layer``) stage 2 is also given where in its cell each layer's barycentre
+    #: lies, as sin and cos of 2 pi times the barycentre's offset from a cell centre (x and y). Given the barycentre
+    #: as a number only, stage 2 drew each layer's energy towards the nearest cell centre (by up to 0.04 cells
+    #: where the barycentre lay a third of a cell from one) and 7-8% too wide where it lay at a centre, which the
+    #: moment tilt then had to correct (bench/README.md). Models saved before this field load with it off.
+    subcell_phase: bool = True
 
     def __post_init__(self) -> None:
         for name in ("stage1_hidden", "stage1_blocks", "stage2_hidden", "stage2_blocks", "time_features"):
@@ -132,9 +138,11 @@ class FlowArchitecture:
             raise ValueError(f"flow architecture: kept_softness must be finite and >= 0, got {self.kept_softness!r}")
         if not self.threshold_mev > 0:
             raise ValueError(f"flow architecture: threshold_mev must be positive, got {self.threshold_mev!r}")
-        for name in ("axis_barycentres", "layer_peak"):
+        for name in ("axis_barycentres", "layer_peak", "subcell_phase"):
             if getattr(self, name) and not self.moments:
                 raise ValueError(f"flow architecture: {name} needs moments=True")
+        if self.subcell_phase and not self.stage2_per_layer:
+            raise ValueError("flow architecture: subcell_phase needs stage2_per_layer=True")
 
     @property
     def n_layers(self) -> int:
@@ -169,7 +177,8 @@ class FlowArchitecture:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"flow architecture: unknown key(s) {unknown}")
-        before = {"axis_barycentres": False, "layer_peak": False, "kept_softness": 0.0}  # fields models lack if older
+        # fields models lack if older
+        before = {"axis_barycentres": False, "layer_peak": False, "kept_softness": 0.0, "subcell_phase": False}
         return cls(**{**before, **d, "grid": tuple(d["grid"])})
 
 
@@ -280,7 +289,7 @@ class FlowGenerator(nn.Module):
         a = self.arch
         self.stage1 = VelocityField(a.stage1_size, 2, a.stage1_hidden, a.stage1_blocks, a.time_features)
         if a.stage2_per_layer:  # a row of a layer's cells, given the conditions, the layer and its stage-1 numbers
-            size, condition = a.n_cells // a.n_layers, 2 + a.n_layers + 1 + a.layer_stats
+            size, condition = a.n_cells // a.n_layers, 2 + a.n_layers + 1 + a.layer_stats + 4 * a.subcell_phase
         else:
             size, condition = a.n_cells, 2 + a.stage1_size
         self.stage2 = VelocityField(size, condition, a.stage2_hidden, a.stage2_blocks, a.time_features)
@@ -451,17 +460,32 @@ class FlowGenerator(nn.Module):
         the layer (one-hot), log(E_vis/E_p) and the layer's stage-1 numbers (fraction, occupancy, moments). With
         ``axis_barycentres`` the barycentres it is given are where the layer's energy lies, in cells (the axis added
         back): a shape field given only the fluctuation about the axis must learn the drift with angle itself."""
-        if hasattr(self, "axis_coef"):
-            stage1 = self._with_barycentres(stage1, self.stage1_values(stage1, conditions)[:, self._barycentres])
-        if not self.arch.stage2_per_layer:
+        a = self.arch
+        barycentres = None
+        if hasattr(self, "axis_coef") or a.subcell_phase:  # where the layers' energy lies, in cells
+            barycentres = self.stage1_values(stage1, conditions)[:, self._barycentres]
+        if barycentres is not None and hasattr(self, "axis_coef"):
+            stage1 = self._with_barycentres(stage1, barycentres)
+        if not a.stage2_per_layer:
             return torch.cat([conditions, stage1], dim=1)
-        n_z = self.arch.n_layers
+        n_z = a.n_layers
         n_stats = (stage1.shape[1] - 1) // n_z
         per_layer = stage1[:, 1:].reshape(-1, n_stats, n_z).transpose(1, 2)  # (B, z, stats)
+        if barycentres is not None and a.subcell_phase:
+            per_layer = torch.cat([per_layer, self._subcell_phase(barycentres)], dim=2)
         rows = torch.zeros_like(per_layer[:, :, :1])  # (B, z, 1): broadcasts the rest along the batch
         layer = torch.eye(n_z, device=stage1.device, dtype=stage1.dtype)[None] + rows
         shower = torch.cat([conditions, stage1[:, :1]], dim=1)[:, None, :] + rows
-        return torch.cat([shower, layer, per_layer], dim=2).reshape(-1, shower.shape[2] + n_z + n_stats)
+        return torch.cat([shower, layer, per_layer], dim=2).reshape(-1, shower.shape[2] + n_z + per_layer.shape[2])
+
+    def _subcell_phase(self, barycentres: torch.Tensor) -> torch.Tensor:
+        """sin and cos of 2 pi x each layer's barycentre's offset from the centre of its cell, in x and y: (B, z, 4)
+        from ``barycentres`` (B, 2 z; cell units from the grid's centre, as stage 1 stores them)."""
+        n_x, n_y, n_z = self.arch.grid
+        # a cell's centre lies at a whole number of cells from the grid's first cell
+        offset = torch.tensor([(n_x - 1) / 2, (n_y - 1) / 2], dtype=barycentres.dtype, device=barycentres.device)
+        angle = 2 * math.pi * (barycentres.reshape(-1, 2, n_z) + offset[None, :, None])
+        return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1).transpose(1, 2)
 
     def loss(
         self, summary: ShowerSummary, generator: torch.Generator | None = None
