@@ -120,9 +120,9 @@ class FlowArchitecture:
     kept_softness: float = 1.0
     #: (with ``moments`` and ``stage2_per_layer``) stage 2 is also given where in its cell each layer's barycentre
     #: lies, as sin and cos of 2 pi times the barycentre's offset from a cell centre (x and y). Given the barycentre
-    #: as a number only, stage 2 drew each layer's energy towards the nearest cell centre (by up to 0.04 cells
-    #: where the barycentre lay a third of a cell from one) and 7-8% too wide where it lay at a centre, which the
-    #: moment tilt then had to correct (bench/README.md). Models saved before this field load with it off.
+    #: as a number only, stage 2 drew each layer's energy towards the nearest cell centre (by 0.02-0.04 cells where
+    #: the barycentre lay 0.1-0.4 of a cell from one), which the moment tilt then had to correct; with it, by about a
+    #: third less (bench/README.md). Models saved before this field load with it off.
     subcell_phase: bool = True
 
     def __post_init__(self) -> None:
@@ -459,7 +459,8 @@ class FlowGenerator(nn.Module):
         """Stage 2's condition: [conditions, standardised stage 1] per shower, or per layer row the conditions,
         the layer (one-hot), log(E_vis/E_p) and the layer's stage-1 numbers (fraction, occupancy, moments). With
         ``axis_barycentres`` the barycentres it is given are where the layer's energy lies, in cells (the axis added
-        back): a shape field given only the fluctuation about the axis must learn the drift with angle itself."""
+        back): a shape field given only the fluctuation about the axis must learn the drift with angle itself. With
+        ``subcell_phase`` each layer row ends with its barycentre's phase within its cell (:meth:`_subcell_phase`)."""
         a = self.arch
         barycentres = None
         if hasattr(self, "axis_coef") or a.subcell_phase:  # where the layers' energy lies, in cells
