@@ -298,14 +298,14 @@ def test_stage_two_is_told_where_in_its_cell_each_layer_barycentre_lies(untraine
     phase = rows[:, -4:].reshape(200, n_z, 4)
     offset = torch.atan2(phase[..., :2], phase[..., 2:]) / (2 * math.pi)  # (B, z, x/y) in (-1/2, 1/2]
     hit = observed.count > 0  # (B, z); empty layers have a drawn barycentre
-    truth = observed.mean.transpose(1, 2)  # (B, z, 2) cells from the grid's centre (a cell centre: 15 cells)
+    truth = observed.mean.transpose(1, 2)  # (B, z, 2) cells from the grid's centre, itself a cell's centre (15 cells)
     wrapped = torch.remainder(offset - truth + 0.5, 1.0) - 0.5
     assert wrapped[hit].abs().max() < 1e-3
     assert ((truth[hit] - torch.round(truth[hit])).abs() > 0.1).float().mean() > 0.3  # not all at cell centres
     # a whole cell further the phase is the same, a quarter of a cell further it is not
-    moved = stage1.clone()
+    moved, barycentres = stage1.clone(), slice(1 + 2 * n_z, 1 + 4 * n_z)  # x, then y, each over the layers
     for shift, same in ((1.0, True), (0.25, False)):
-        moved[:, 1 + 2 * n_z : 1 + 4 * n_z] = stage1[:, 1 + 2 * n_z : 1 + 4 * n_z] + shift
+        moved[:, barycentres] = stage1[:, barycentres] + shift
         other = untrained.stage2_condition(
             observed.conditions, untrained.standardised_stage1(moved, observed.conditions)
         )
