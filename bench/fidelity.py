@@ -15,6 +15,11 @@ E_sum/E_p and occupancy errors, training samples/s and generation showers/s, the
 
     .venv/bin/python bench/fidelity.py --family flow --minutes 15 --out /tmp/fidelity-flow-15
 
+``--steps N`` trains N steps (10 epochs of N / 10) instead of a timed budget: this VM's speed drifts within a day
+(3.0-6.6 flow steps/s), so changes are compared at equal steps and the minutes are read off the step rate.
+``--train KEY=VALUE`` (any number of times) trains with a setting of the family's training config changed, e.g.
+``stage2_hidden=1024`` (``FlowTrainConfig``, ``TrainConfig``); the timing run uses it too.
+
 ``--generator FILE`` judges a trained file instead of training one; with it, ``--sampling KEY=VALUE`` (a flow, any
 number of times) changes how the file samples before it is judged, e.g. ``kept_softness=0.6`` on a model saved
 before that setting existed (it loads with 0, the assembly it was saved with).
@@ -73,16 +78,45 @@ def training_data(events: int, folder: Path) -> list[str]:
     return urls
 
 
-def family_config(family: str, steps_per_epoch: int, seed: int) -> TrainConfig | FlowTrainConfig:
-    if family == "flow":
-        return FlowTrainConfig(epochs=EPOCHS, max_steps_per_epoch=steps_per_epoch, seed=seed)
-    return TrainConfig(epochs=EPOCHS, max_steps_per_epoch=steps_per_epoch, seed=seed)
+#: what the bench itself sets in a training config (``--train`` may not)
+BENCH_SETTINGS = ("epochs", "max_steps_per_epoch", "seed")
 
 
-def step_rate(family: str, data: TrainingData, seed: int) -> float:
+def family_config(
+    family: str, steps_per_epoch: int, seed: int, settings: dict[str, object] | None = None
+) -> TrainConfig | FlowTrainConfig:
+    """The family's default training of 10 epochs of ``steps_per_epoch``, with ``settings`` changed."""
+    kind = FlowTrainConfig if family == "flow" else TrainConfig
+    return kind(**{**(settings or {}), "epochs": EPOCHS, "max_steps_per_epoch": steps_per_epoch, "seed": seed})
+
+
+def training_settings(family: str, items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` items as settings of the family's training config, each value of its field's type."""
+    defaults = (FlowTrainConfig if family == "flow" else TrainConfig)().to_dict()
+    settings: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults or key in BENCH_SETTINGS:
+            known = ", ".join(k for k in defaults if k not in BENCH_SETTINGS)
+            raise ValueError(f"--train {item!r}: give KEY=VALUE, KEY one of {known}")
+        kind = type(defaults[key])
+        if kind is bool:
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"--train {item!r}: {key} takes true or false")
+            settings[key] = value.lower() == "true"
+            continue
+        try:  # a tuple (the 3DGAN's loss_weights) as comma-separated numbers
+            settings[key] = tuple(float(v) for v in value.split(",")) if kind is tuple else kind(value)
+        except ValueError:
+            noun = "comma-separated numbers" if kind is tuple else f"a {kind.__name__}"
+            raise ValueError(f"--train {item!r}: {key} takes {noun}") from None
+    return settings
+
+
+def step_rate(family: str, data: TrainingData, seed: int, settings: dict[str, object]) -> float:
     """Training steps per second, from a short training (its first step, which warms up, not counted)."""
     steps = TIMING_STEPS[family]
-    config = family_config(family, steps, seed)
+    config = family_config(family, steps, seed, settings)
     config = type(config)(**{**config.to_dict(), "epochs": 1, "validation_batches": 1})
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,6 +128,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=("3dgan", "flow"))
     parser.add_argument("--minutes", type=float, help="training time on this machine's cores")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="train this many steps instead of --minutes (rounded down to whole epochs): runs compared at equal steps",
+    )
+    parser.add_argument(
+        "--train",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="train with this setting of the family's training config changed (any number of times)",
+    )
     parser.add_argument(
         "--generator", default=None, help="judge this generator file instead of training one (no --family/--minutes)"
     )
@@ -109,10 +155,21 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "calotwin-fidelity-data"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if args.generator is None and (args.family is None or args.minutes is None):
-        parser.error("give --family and --minutes to train, or --generator FILE to judge a trained one")
+    if args.generator is None and (args.family is None or (args.minutes is None) == (args.steps is None)):
+        parser.error("give --family and --minutes or --steps to train, or --generator FILE to judge a trained one")
+    if args.steps is not None and args.steps < EPOCHS:
+        parser.error(f"--steps must be at least {EPOCHS} (one per epoch), got {args.steps}")
     if args.sampling and args.generator is None:
         parser.error("--sampling changes a trained file's sampling: give it with --generator FILE")
+    if args.train and args.generator is not None:
+        parser.error("--train changes a training: give it with --family, not --generator")
+    settings: dict[str, object] = {}
+    if args.generator is None:
+        try:
+            settings = training_settings(args.family, args.train)
+            family_config(args.family, 1, args.seed, settings)  # the config checks the values
+        except ValueError as error:
+            parser.error(str(error))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
@@ -130,13 +187,17 @@ def main() -> None:
     urls = training_data(args.events, Path(args.data))
     data = TrainingData(urls)
     data_seconds = time.perf_counter() - started
-    rate = step_rate(args.family, data, args.seed)
-    steps_per_epoch = max(1, math.floor(args.minutes * 60 * rate / EPOCHS))
-    config = family_config(args.family, steps_per_epoch, args.seed)
+    if args.steps is None:
+        rate = step_rate(args.family, data, args.seed, settings)
+        steps_per_epoch = max(1, math.floor(args.minutes * 60 * rate / EPOCHS))
+        budget = f"{rate:.2f} steps/s measured: {EPOCHS} epochs of {steps_per_epoch} steps for {args.minutes:g} min"
+    else:
+        steps_per_epoch = args.steps // EPOCHS
+        budget = f"{EPOCHS} epochs of {steps_per_epoch} steps"
+    config = family_config(args.family, steps_per_epoch, args.seed, settings)
     print(
         f"{args.family}: {data.n_events()} training showers ({data_seconds:.0f} s to simulate and preprocess), "
-        f"{rate:.2f} steps/s measured: {EPOCHS} epochs of {steps_per_epoch} steps of {config.batch_size} "
-        f"for {args.minutes:g} min on {threads} threads",
+        f"{budget} of {config.batch_size} on {threads} threads" + "".join(f", {k}={v}" for k, v in settings.items()),
         flush=True,
     )
     checkpoint = out / "checkpoint"
@@ -163,6 +224,7 @@ def main() -> None:
             {
                 "family": args.family,
                 "minutes": args.minutes,
+                "train": settings,
                 "train_minutes": train_seconds / 60,
                 "steps": EPOCHS * steps_per_epoch,
                 "batch_size": config.batch_size,

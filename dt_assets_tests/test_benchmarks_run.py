@@ -1,11 +1,15 @@
-"""bench/gpu.py must run on a bare GPU machine: torch, numpy and xarray only."""
+"""bench/gpu.py must run on a bare GPU machine: torch, numpy and xarray only; bench/fidelity.py trains what its
+options say and refuses a bad one by name."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO
 
@@ -32,3 +36,41 @@ def test_gpu_benchmark_needs_only_torch_numpy_and_xarray(tmp_path):
     assert result["fidelity"]["steps"] > 0 and result["fidelity"]["esum_over_ep_mc"] > 0
     flow = result["flow_fidelity"]
     assert flow["steps"] > 0 and flow["esum_over_ep_flow"] > 0 and flow["generation_showers_per_s"] > 0
+
+
+def _fidelity_bench():
+    spec = importlib.util.spec_from_file_location("fidelity_bench", REPO / "bench" / "fidelity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fidelity_bench_trains_the_settings_it_is_given():
+    bench = _fidelity_bench()
+    settings = bench.training_settings("flow", ["stage2_hidden=1024", "lr=5e-4"])
+    config = bench.family_config("flow", 296, 0, settings)
+    assert (config.stage2_hidden, config.lr, config.epochs, config.max_steps_per_epoch) == (1024, 5e-4, 10, 296)
+    assert config.architecture()["stage2_hidden"] == 1024  # what the generator is built with
+    gan = bench.family_config("3dgan", 3, 0, bench.training_settings("3dgan", ["loss_weights=2,0.1,0.1,0.1"]))
+    assert gan.loss_weights == (2.0, 0.1, 0.1, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--train", "stage2_hiden=3"], "--train 'stage2_hiden=3': give KEY=VALUE, KEY one of"),
+        (["--train", "seed=3"], "--train 'seed=3': give KEY=VALUE"),  # the bench sets it (--seed)
+        (["--train", "lr=fast"], "--train 'lr=fast': lr takes a float"),
+        (["--train", "stage2_hidden=0"], "stage2_hidden must be a positive integer, got 0"),
+        (["--minutes", "1"], "give --family and --minutes or --steps"),  # both
+        (["--steps", "5"], "--steps must be at least 10"),
+    ],
+)
+def test_fidelity_bench_refuses_a_bad_option_by_name(options, message, tmp_path):
+    args = ["--family", "flow", "--steps", "2960", "--out", str(tmp_path)]
+    if options[0] == "--steps":
+        args = ["--family", "flow", "--out", str(tmp_path)]
+    run = subprocess.run(
+        [sys.executable, "bench/fidelity.py", *args, *options], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
