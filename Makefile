@@ -82,3 +82,4 @@ bench: install ## Run the benchmarks in bench/ (prints tables and JSON lines)
 	$(PY) bench/loop.py
 	$(PY) bench/compute.py
 	$(PY) bench/fidelity.py --family flow --minutes 5 --out $(CALOTWIN_HOME)/bench/fidelity-flow-5
+	$(PY) bench/drivers.py --generator $(CALOTWIN_HOME)/bench/fidelity-flow-5/generator.pt

@@ -1,5 +1,5 @@
 """bench/gpu.py must run on a bare GPU machine: torch, numpy and xarray only; bench/fidelity.py trains what its
-options say and refuses a bad one by name."""
+options say and refuses a bad one by name; bench/drivers.py ranks a generator's features."""
 
 from __future__ import annotations
 
@@ -74,3 +74,38 @@ def test_fidelity_bench_refuses_a_bad_option_by_name(options, message, tmp_path)
         [sys.executable, "bench/fidelity.py", *args, *options], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
+
+
+def test_drivers_bench_ranks_every_feature_of_a_generator(tmp_path):
+    # an untrained flow on a light grid (20 events a cell, 2 classifier epochs): every high-level feature gets its
+    # AUC without it and alone, the ones the classifier needs most first; a missing file is refused by name
+    from dt_assets import build_generator
+    from dt_assets.model.generation import save_generator
+    from dt_assets.validation.config import ValidationConfig
+
+    path = tmp_path / "flow.pt"
+    save_generator(build_generator("small_ecal_15x15x12", "flow"), str(path))
+    options = ["--epochs", "2", "--events-per-cell", "20"]
+    run = subprocess.run(
+        [sys.executable, "bench/drivers.py", "--generator", str(path), *options],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    names = [f["name"] for f in result["features"]]
+    assert sorted(names) == sorted(ValidationConfig().scalar_features())  # the conditions stay in, unranked
+    without = [f["auc_without"] for f in result["features"]]
+    assert without == sorted(without) and all(0.5 <= f["univariate"] <= 1 for f in result["features"])
+    assert 0 <= result["auc"] <= 1 and result["classifier_epochs"] == 2 and result["events_per_cell"] == 20
+    missing = subprocess.run(
+        [sys.executable, "bench/drivers.py", "--generator", str(tmp_path / "none.pt")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and "none.pt: no such generator or checkpoint" in missing.stderr, missing.stderr
