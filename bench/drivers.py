@@ -4,7 +4,7 @@ Generates the default validation grid (15 cells of 500 events, the seeds ``bench
 ``--generator FILE``, simulates as many MC events on the same grid, and trains the default classifier
 (``ValidationConfig().classifier``) once on all high-level features, then once without each of them
 (:mod:`dt_assets.validation.drivers`); E_p and theta stay in every training. Prints the features the classifier
-needs most first, with each one's AUC alone, then one JSON line. 19 trainings: about 10 minutes on 2 cores.
+needs most first, with each one's AUC alone, then one JSON line. 18 trainings: about 10 minutes on 2 cores.
 
     .venv/bin/python bench/drivers.py --generator /tmp/fidelity-flow-15/generator.pt
 
@@ -20,7 +20,7 @@ import dataclasses
 import json
 
 import numpy as np
-from fidelity import GENERATION_SEED, GEOMETRY, REFERENCE_SEED, SAMPLING_SETTINGS, with_sampling
+from fidelity import GENERATION_SEED, GEOMETRY, REFERENCE_SEED, add_sampling_option, with_sampling
 
 from dt_assets.model.generation import load_generator
 from dt_assets.validation.config import ValidationConfig
@@ -51,13 +51,7 @@ def drivers_of(generator, cfg: ValidationConfig) -> ClassifierDrivers:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generator", required=True, help="a generator file (dt_assets.load_generator)")
-    parser.add_argument(
-        "--sampling",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"a flow's sampling setting to judge it with: one of {', '.join(SAMPLING_SETTINGS)}",
-    )
+    add_sampling_option(parser, "(a flow) ")
     parser.add_argument("--epochs", type=int, default=None, help="classifier epochs (default: the validation's)")
     parser.add_argument("--events-per-cell", type=int, default=None, help="events a cell (default: the validation's)")
     args = parser.parse_args()

@@ -143,13 +143,7 @@ def main() -> None:
     parser.add_argument(
         "--generator", default=None, help="judge this generator file instead of training one (no --family/--minutes)"
     )
-    parser.add_argument(
-        "--sampling",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"with --generator (a flow), a sampling setting to judge it with: one of {', '.join(SAMPLING_SETTINGS)}",
-    )
+    add_sampling_option(parser, "with --generator (a flow), ")
     parser.add_argument("--out", required=True, help="folder for the generator, the report and the checkpoint")
     parser.add_argument("--events", type=int, default=160_000, help="fresh MC training showers (default 160000)")
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "calotwin-fidelity-data"))
@@ -234,6 +228,17 @@ def main() -> None:
                 **summary,
             }
         )
+    )
+
+
+def add_sampling_option(parser: argparse.ArgumentParser, condition: str = "") -> None:
+    """``--sampling KEY=VALUE`` (any number of times), for :func:`with_sampling`; ``condition`` opens its help."""
+    parser.add_argument(
+        "--sampling",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"{condition}a sampling setting to judge it with: one of {', '.join(SAMPLING_SETTINGS)}",
     )
 
 
