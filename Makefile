@@ -83,3 +83,4 @@ bench: install ## Run the benchmarks in bench/ (prints tables and JSON lines)
 	$(PY) bench/compute.py
 	$(PY) bench/fidelity.py --family flow --minutes 5 --out $(CALOTWIN_HOME)/bench/fidelity-flow-5
 	$(PY) bench/drivers.py --generator $(CALOTWIN_HOME)/bench/fidelity-flow-5/generator.pt
+	$(PY) bench/shapes.py --generator $(CALOTWIN_HOME)/bench/fidelity-flow-5/generator.pt

@@ -60,7 +60,13 @@ REFERENCE_SEED, GENERATION_SEED = 1_000_000, 2_000_000
 EPOCHS = 10
 TIMING_STEPS = {"flow": 30, "3dgan": 20}
 #: a flow's settings that change how it samples, not what it learned: ``--sampling`` sets them on a trained file
-SAMPLING_SETTINGS = {"stage1_steps": int, "stage2_steps": int, "tilt_iterations": int, "kept_softness": float}
+SAMPLING_SETTINGS = {
+    "stage1_steps": int,
+    "stage2_steps": int,
+    "tilt_iterations": int,
+    "kept_softness": float,
+    "tilt_width_saturation": float,
+}
 
 
 def training_data(events: int, folder: Path) -> list[str]:

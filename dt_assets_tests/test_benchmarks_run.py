@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -109,3 +110,39 @@ def test_drivers_bench_ranks_every_feature_of_a_generator(tmp_path):
         timeout=120,
     )
     assert missing.returncode == 2 and "none.pt: no such generator or checkpoint" in missing.stderr, missing.stderr
+
+
+def test_shapes_bench_gives_three_shape_numbers_per_cell(tmp_path):
+    # an untrained flow on a light grid (40 events a cell): every cell gets its MC and generated numbers. MC's are
+    # physics: a shower off-centre in y has its tail on that side (centre and skewness correlate), and the layers'
+    # own x skewness follows the angle (positive at 62 degrees, negative at 118: the shower crosses each layer
+    # obliquely); a sample too small to correlate is refused by name
+    from dt_assets import build_generator
+    from dt_assets.model.generation import save_generator
+
+    path = tmp_path / "flow.pt"
+    save_generator(build_generator("small_ecal_15x15x12", "flow"), str(path))
+    run = subprocess.run(
+        [sys.executable, "bench/shapes.py", "--generator", str(path), "--events-per-cell", "40"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    cells = result["cells"]
+    assert len(cells) == 15 and result["events_per_cell"] == 40
+    mc = {cell: numbers["mc"] for cell, numbers in cells.items()}
+    assert all(n["low_cells"] > 0 for n in mc.values())
+    assert np.mean([n["corr_center_skewness_y"] for n in mc.values()]) > 0.3
+    assert mc["E195_T62"]["layer_m3_x"] > 0.05 and mc["E195_T118"]["layer_m3_x"] < -0.05, mc
+    refused = subprocess.run(
+        [sys.executable, "bench/shapes.py", "--generator", str(path), "--events-per-cell", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "--events-per-cell must be at least 2, got 1" in refused.stderr
