@@ -11,7 +11,8 @@ with the default validation.
 
 Writes to ``--out``: ``generator.pt`` (loads with ``dt_assets.load_generator``), ``report.html`` and
 ``result.json`` (the validation), ``checkpoint/``. Prints the global metrics beside the floor, the per-cell
-E_sum/E_p and occupancy errors, training samples/s and generation showers/s, then one JSON line.
+E_sum/E_p and occupancy errors, the failed checks (by observable and metric, with their cells), training samples/s
+and generation showers/s, then one JSON line.
 
     .venv/bin/python bench/fidelity.py --family flow --minutes 15 --out /tmp/fidelity-flow-15
 
@@ -34,6 +35,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,7 @@ from dt_assets.model.train import train
 from dt_assets.showers.store import write_blocks
 from dt_assets.validation.config import ValidationConfig
 from dt_assets.validation.report import write_html
+from dt_assets.validation.result import MetricValue
 from dt_assets.validation.samples import generate_grid, simulate_grid
 from dt_assets.validation.validate import validate
 
@@ -264,6 +267,19 @@ def with_sampling(generator, settings: list[str]) -> dict:
     return {key: getattr(generator.arch, key) for key in SAMPLING_SETTINGS}
 
 
+def failed_checks(metrics: Mapping[str, MetricValue]) -> dict[str, list[str]]:
+    """The checks that failed, grouped: ``{"observable/metric": [cells]}`` (a global metric by its name, no cells),
+    in the validation's order."""
+    failed: dict[str, list[str]] = {}
+    for name, m in metrics.items():
+        if m.passed is False:
+            key = f"{m.observable}/{m.metric}" if m.cell and m.observable and m.metric else name
+            failed.setdefault(key, [])
+            if m.cell:
+                failed[key].append(m.cell)
+    return failed
+
+
 def judge(generator, out: Path) -> dict:
     """The default validation of ``generator`` against an independent MC reference; the report in ``out``,
     the tables printed, the numbers returned."""
@@ -296,6 +312,11 @@ def judge(generator, out: Path) -> dict:
         f"{sum(abs(c['e_ratio_error']) <= 0.05 for c in cells.values())}/{len(cells)}; occupancy within 20% in "
         f"{sum(abs(c['occupancy_error']) <= 0.2 for c in cells.values())}/{len(cells)}"
     )
+    failed = failed_checks(validation.metrics)
+    if failed:
+        print("\nfailed checks (observable/metric: cells):")
+        for check, where in failed.items():
+            print(f"  {check}: {' '.join(where) or 'global'}")
     print(f"{validation.summary()}")
     print(f"wrote {out / 'report.html'}")
     return {
@@ -306,6 +327,7 @@ def judge(generator, out: Path) -> dict:
             for name in ("classifier_auc", "fpd", "kpd", "coverage")
         },
         "cells": cells,
+        "failed_checks": failed,
         "max_abs_e_ratio_error": float(np.max([abs(c["e_ratio_error"]) for c in cells.values()])),
     }
 

@@ -46,6 +46,30 @@ def _fidelity_bench():
     return module
 
 
+def test_fidelity_bench_names_the_failed_checks_by_observable_and_cell():
+    from dt_assets.validation.result import MetricValue
+
+    def metric(value, threshold, cell=None, observable=None, name=None):
+        return MetricValue(value, (value, value), 0.0, (0.0, 0.0), threshold, cell, observable, name)
+
+    metrics = {
+        "classifier_auc": metric(0.66, 0.6),
+        "fpd": metric(0.003, 0.005),
+        "kpd": metric(0.1, None),  # no check
+        "E150_T62/skewness_x/mean_error": metric(0.6, 0.45, "E150_T62", "skewness_x", "mean_error"),
+        "E150_T62/skewness_x/ks": metric(0.1, 0.2, "E150_T62", "skewness_x", "ks"),
+        "E195_T62/skewness_x/mean_error": metric(-0.9, 0.45, "E195_T62", "skewness_x", "mean_error"),
+        "E15_T90/cell_energy_spectrum/mean_error": metric(
+            float("nan"), 0.05, "E15_T90", "cell_energy_spectrum", "mean_error"
+        ),
+    }
+    assert _fidelity_bench().failed_checks(metrics) == {
+        "classifier_auc": [],
+        "skewness_x/mean_error": ["E150_T62", "E195_T62"],
+        "cell_energy_spectrum/mean_error": ["E15_T90"],  # not finite: failed
+    }
+
+
 def test_fidelity_bench_trains_the_settings_it_is_given():
     bench = _fidelity_bench()
     settings = bench.training_settings("flow", ["stage2_hidden=1024", "lr=5e-4"])

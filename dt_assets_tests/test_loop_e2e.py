@@ -169,8 +169,13 @@ def test_a_landed_file_is_ingested_retrained_validated_and_promoted_unattended(t
     )
     assert shown["file"] in ("bad-nan.h5", "virtual.h5") and shown["check"] in ("bad_content", "unsafe_hdf5")
     time.sleep(5)  # several ticks of every sensor
-    new = [r for r in loop_runs(port) if (r["runId"], r["status"]) not in before]  # one run, or one per tick
-    assert new and {(r["jobName"], r["status"]) for r in new} == {("land_files", "SUCCESS")}
+
+    def settled():  # the runs since, once none is still queued or running (a tick's land_files may just be starting)
+        found = [r for r in loop_runs(port) if (r["runId"], r["status"]) not in before]
+        return found and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in found) and found
+
+    new = wait_for("the runs since the bad files to end", settled, 120, server.log_path)  # one, or one per tick
+    assert {(r["jobName"], r["status"]) for r in new} == {("land_files", "SUCCESS")}
     assert partitions(port) == [key] and champion(home) == "1"
     assert not list((home / "landing").iterdir())
 
