@@ -20,13 +20,12 @@ import dataclasses
 import json
 
 import numpy as np
-from fidelity import GENERATION_SEED, GEOMETRY, REFERENCE_SEED, add_sampling_option, with_sampling
+from fidelity import add_generator_options, grid_samples, with_sampling
 
 from dt_assets.model.generation import load_generator
 from dt_assets.validation.config import ValidationConfig
 from dt_assets.validation.drivers import ClassifierDrivers, classifier_drivers
 from dt_assets.validation.observables import compute_observables
-from dt_assets.validation.samples import generate_grid, simulate_grid
 from dt_assets.validation.validate import features
 
 #: the conditions: in every training, no row of their own
@@ -35,11 +34,7 @@ CONDITIONS = ("E_p", "theta")
 
 def drivers_of(generator, cfg: ValidationConfig) -> ClassifierDrivers:
     """The classifier's drivers for ``generator`` against MC on ``cfg``'s grid (``cfg.events_per_cell`` each)."""
-    grid = cfg.conditions_grid()
-    samples = {
-        "reference": simulate_grid(grid, cfg.events_per_cell, GEOMETRY, "e-", REFERENCE_SEED),
-        "candidate": generate_grid(generator, grid, cfg.events_per_cell, "e-", GENERATION_SEED),
-    }
+    samples = grid_samples(generator, cfg.conditions_grid(), cfg.events_per_cell)
     names = cfg.scalar_features()
     x = {}
     for role, showers in samples.items():
@@ -50,10 +45,8 @@ def drivers_of(generator, cfg: ValidationConfig) -> ClassifierDrivers:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generator", required=True, help="a generator file (dt_assets.load_generator)")
-    add_sampling_option(parser, "(a flow) ")
+    add_generator_options(parser)
     parser.add_argument("--epochs", type=int, default=None, help="classifier epochs (default: the validation's)")
-    parser.add_argument("--events-per-cell", type=int, default=None, help="events a cell (default: the validation's)")
     args = parser.parse_args()
     cfg = ValidationConfig()
     try:

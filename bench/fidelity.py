@@ -35,11 +35,11 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 
 from dt_assets import get_geometry, simulate_blocks
 from dt_assets.fsio import sha256_json
@@ -51,8 +51,8 @@ from dt_assets.model.stream import TrainingData
 from dt_assets.model.train import train
 from dt_assets.showers.store import write_blocks
 from dt_assets.validation.config import ValidationConfig
+from dt_assets.validation.grid import ConditionsGrid
 from dt_assets.validation.report import write_html
-from dt_assets.validation.result import MetricValue
 from dt_assets.validation.samples import generate_grid, simulate_grid
 from dt_assets.validation.validate import validate
 
@@ -251,6 +251,23 @@ def add_sampling_option(parser: argparse.ArgumentParser, condition: str = "") ->
     )
 
 
+def add_generator_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a diagnostic that samples a trained file on the default grid: ``--generator FILE``,
+    ``--sampling KEY=VALUE`` and ``--events-per-cell N``."""
+    parser.add_argument("--generator", required=True, help="a generator file (dt_assets.load_generator)")
+    add_sampling_option(parser, "(a flow) ")
+    parser.add_argument("--events-per-cell", type=int, default=None, help="events a cell (default: the validation's)")
+
+
+def grid_samples(generator, grid: ConditionsGrid, n_per_cell: int) -> dict[str, xr.Dataset]:
+    """MC (``reference``) and ``generator``'s showers (``candidate``), ``n_per_cell`` a cell of ``grid``, with the
+    seeds the judge uses."""
+    return {
+        "reference": simulate_grid(grid, n_per_cell, GEOMETRY, "e-", REFERENCE_SEED),
+        "candidate": generate_grid(generator, grid, n_per_cell, "e-", GENERATION_SEED),
+    }
+
+
 def with_sampling(generator, settings: list[str]) -> dict:
     """Set ``KEY=VALUE`` sampling settings (``SAMPLING_SETTINGS``) on a flow generator; the settings it then has."""
     if not settings:
@@ -265,19 +282,6 @@ def with_sampling(generator, settings: list[str]) -> dict:
         changes[key] = SAMPLING_SETTINGS[key](value)
     generator.arch = dataclasses.replace(generator.arch, **changes)  # checked by the architecture
     return {key: getattr(generator.arch, key) for key in SAMPLING_SETTINGS}
-
-
-def failed_checks(metrics: Mapping[str, MetricValue]) -> dict[str, list[str]]:
-    """The checks that failed, grouped: ``{"observable/metric": [cells]}`` (a global metric by its name, no cells),
-    in the validation's order."""
-    failed: dict[str, list[str]] = {}
-    for name, m in metrics.items():
-        if m.passed is False:
-            key = f"{m.observable}/{m.metric}" if m.cell and m.observable and m.metric else name
-            failed.setdefault(key, [])
-            if m.cell:
-                failed[key].append(m.cell)
-    return failed
 
 
 def judge(generator, out: Path) -> dict:
@@ -312,9 +316,9 @@ def judge(generator, out: Path) -> dict:
         f"{sum(abs(c['e_ratio_error']) <= 0.05 for c in cells.values())}/{len(cells)}; occupancy within 20% in "
         f"{sum(abs(c['occupancy_error']) <= 0.2 for c in cells.values())}/{len(cells)}"
     )
-    failed = failed_checks(validation.metrics)
+    failed = validation.failing_cells()
     if failed:
-        print("\nfailed checks (observable/metric: cells):")
+        print("\nfailed checks (observable.metric: cells):")
         for check, where in failed.items():
             print(f"  {check}: {' '.join(where) or 'global'}")
     print(f"{validation.summary()}")

@@ -25,12 +25,11 @@ import json
 
 import numpy as np
 import xarray as xr
-from fidelity import GENERATION_SEED, GEOMETRY, REFERENCE_SEED, add_sampling_option, with_sampling
+from fidelity import add_generator_options, grid_samples, with_sampling
 
 from dt_assets.model.generation import load_generator
 from dt_assets.validation.config import ValidationConfig
 from dt_assets.validation.observables import SPECTRUM_EDGES, compute_observables
-from dt_assets.validation.samples import generate_grid, simulate_grid
 
 #: the top of the cell spectrum's lowest bin (MeV)
 LOW_BIN_TOP_MEV = float(10 ** SPECTRUM_EDGES[1])
@@ -55,9 +54,7 @@ def shape_numbers(showers: xr.Dataset, threshold_mev: float) -> dict[str, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generator", required=True, help="a generator file (dt_assets.load_generator)")
-    add_sampling_option(parser, "(a flow) ")
-    parser.add_argument("--events-per-cell", type=int, default=None, help="events a cell (default: the validation's)")
+    add_generator_options(parser)
     args = parser.parse_args()
     cfg = ValidationConfig()
     try:
@@ -69,10 +66,8 @@ def main() -> None:
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     grid = cfg.conditions_grid()
-    samples = {
-        "mc": simulate_grid(grid, n, GEOMETRY, "e-", REFERENCE_SEED),
-        "generated": generate_grid(generator, grid, n, "e-", GENERATION_SEED),
-    }
+    drawn = grid_samples(generator, grid, n)
+    samples = {"mc": drawn["reference"], "generated": drawn["candidate"]}
     cells = {}
     print(f"{'cell':<10} {'low cells (MC, gen)':>20} {'corr(cy, sy) (MC, gen)':>24} {'layer m3 x (MC, gen)':>22}")
     for i, cell in enumerate(grid.cells()):

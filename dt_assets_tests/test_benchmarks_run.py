@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,35 +40,29 @@ def test_gpu_benchmark_needs_only_torch_numpy_and_xarray(tmp_path):
     assert flow["steps"] > 0 and flow["esum_over_ep_flow"] > 0 and flow["generation_showers_per_s"] > 0
 
 
+def run_bench(script: str, *args: str, timeout: float = 120, threads: int | None = None):
+    """``bench/<script> args`` from the repository root, its output captured; ``threads`` sets OMP_NUM_THREADS."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    return subprocess.run(
+        [sys.executable, f"bench/{script}", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def untrained_flow_file(folder: Path) -> Path:
+    """An untrained flow of the small preset saved in ``folder`` (what the diagnostics' tests sample)."""
+    from dt_assets import build_generator
+    from dt_assets.model.generation import save_generator
+
+    path = folder / "flow.pt"
+    save_generator(build_generator("small_ecal_15x15x12", "flow"), str(path))
+    return path
+
+
 def _fidelity_bench():
     spec = importlib.util.spec_from_file_location("fidelity_bench", REPO / "bench" / "fidelity.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def test_fidelity_bench_names_the_failed_checks_by_observable_and_cell():
-    from dt_assets.validation.result import MetricValue
-
-    def metric(value, threshold, cell=None, observable=None, name=None):
-        return MetricValue(value, (value, value), 0.0, (0.0, 0.0), threshold, cell, observable, name)
-
-    metrics = {
-        "classifier_auc": metric(0.66, 0.6),
-        "fpd": metric(0.003, 0.005),
-        "kpd": metric(0.1, None),  # no check
-        "E150_T62/skewness_x/mean_error": metric(0.6, 0.45, "E150_T62", "skewness_x", "mean_error"),
-        "E150_T62/skewness_x/ks": metric(0.1, 0.2, "E150_T62", "skewness_x", "ks"),
-        "E195_T62/skewness_x/mean_error": metric(-0.9, 0.45, "E195_T62", "skewness_x", "mean_error"),
-        "E15_T90/cell_energy_spectrum/mean_error": metric(
-            float("nan"), 0.05, "E15_T90", "cell_energy_spectrum", "mean_error"
-        ),
-    }
-    assert _fidelity_bench().failed_checks(metrics) == {
-        "classifier_auc": [],
-        "skewness_x/mean_error": ["E150_T62", "E195_T62"],
-        "cell_energy_spectrum/mean_error": ["E15_T90"],  # not finite: failed
-    }
 
 
 def test_fidelity_bench_trains_the_settings_it_is_given():
@@ -95,29 +90,18 @@ def test_fidelity_bench_refuses_a_bad_option_by_name(options, message, tmp_path)
     args = ["--family", "flow", "--steps", "2960", "--out", str(tmp_path)]
     if options[0] == "--steps":
         args = ["--family", "flow", "--out", str(tmp_path)]
-    run = subprocess.run(
-        [sys.executable, "bench/fidelity.py", *args, *options], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    run = run_bench("fidelity.py", *args, *options)
     assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
 
 
 def test_drivers_bench_ranks_every_feature_of_a_generator(tmp_path):
     # an untrained flow on a light grid (20 events a cell, 2 classifier epochs): every high-level feature gets its
     # AUC without it and alone, the ones the classifier needs most first; a missing file is refused by name
-    from dt_assets import build_generator
-    from dt_assets.model.generation import save_generator
     from dt_assets.validation.config import ValidationConfig
 
-    path = tmp_path / "flow.pt"
-    save_generator(build_generator("small_ecal_15x15x12", "flow"), str(path))
-    options = ["--epochs", "2", "--events-per-cell", "20"]
-    run = subprocess.run(
-        [sys.executable, "bench/drivers.py", "--generator", str(path), *options],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    path = untrained_flow_file(tmp_path)
+    run = run_bench(
+        "drivers.py", "--generator", str(path), "--epochs", "2", "--events-per-cell", "20", timeout=300, threads=2
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
@@ -126,13 +110,7 @@ def test_drivers_bench_ranks_every_feature_of_a_generator(tmp_path):
     without = [f["auc_without"] for f in result["features"]]
     assert without == sorted(without) and all(0.5 <= f["univariate"] <= 1 for f in result["features"])
     assert 0 <= result["auc"] <= 1 and result["classifier_epochs"] == 2 and result["events_per_cell"] == 20
-    missing = subprocess.run(
-        [sys.executable, "bench/drivers.py", "--generator", str(tmp_path / "none.pt")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = run_bench("drivers.py", "--generator", str(tmp_path / "none.pt"))
     assert missing.returncode == 2 and "none.pt: no such generator or checkpoint" in missing.stderr, missing.stderr
 
 
@@ -141,19 +119,8 @@ def test_shapes_bench_gives_three_shape_numbers_per_cell(tmp_path):
     # physics: a shower off-centre in y has its tail on that side (centre and skewness correlate), and the layers'
     # own x skewness follows the angle (positive at 62 degrees, negative at 118: the shower crosses each layer
     # obliquely); a sample too small to correlate is refused by name
-    from dt_assets import build_generator
-    from dt_assets.model.generation import save_generator
-
-    path = tmp_path / "flow.pt"
-    save_generator(build_generator("small_ecal_15x15x12", "flow"), str(path))
-    run = subprocess.run(
-        [sys.executable, "bench/shapes.py", "--generator", str(path), "--events-per-cell", "40"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "2"},
-    )
+    path = untrained_flow_file(tmp_path)
+    run = run_bench("shapes.py", "--generator", str(path), "--events-per-cell", "40", timeout=300, threads=2)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     cells = result["cells"]
@@ -162,11 +129,5 @@ def test_shapes_bench_gives_three_shape_numbers_per_cell(tmp_path):
     assert all(n["low_cells"] > 0 for n in mc.values())
     assert np.mean([n["corr_center_skewness_y"] for n in mc.values()]) > 0.3
     assert mc["E195_T62"]["layer_m3_x"] > 0.05 and mc["E195_T118"]["layer_m3_x"] < -0.05, mc
-    refused = subprocess.run(
-        [sys.executable, "bench/shapes.py", "--generator", str(path), "--events-per-cell", "1"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = run_bench("shapes.py", "--generator", str(path), "--events-per-cell", "1")
     assert refused.returncode == 2 and "--events-per-cell must be at least 2, got 1" in refused.stderr

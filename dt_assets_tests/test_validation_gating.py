@@ -83,6 +83,9 @@ def test_energy_scaled_by_ten_percent_fails_the_energy_checks(small_reference):
     failing = _failing(result)
     assert not result.passed
     assert failing["e_sum.mean_error"] == 9 and failing["e_ratio.mean_error"] == 9  # every cell
+    cells = result.failing_cells()  # the same grouping, naming the cells (bench/fidelity.py prints it)
+    assert cells["e_ratio.mean_error"] == [c.id for c in result.cells] and cells.keys() == failing.keys()
+    assert all(cells[k] == [] for k in failing if "." not in k)  # global checks name no cell
     assert result.metrics["E105_T90/e_ratio/mean_error"].value == pytest.approx(0.1, abs=0.01)
     assert "center_z.mean_error" not in failing and "width_x.mean_error" not in failing
 

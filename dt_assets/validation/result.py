@@ -107,13 +107,22 @@ class ValidationResult:
             f"{len(self.failures)} failed check(s)"
         )
 
+    def _failures_by_check(self) -> dict[str, list[Failure]]:
+        """The failures grouped by ``observable.metric`` (a global check by its name), in the validation's order."""
+        grouped: dict[str, list[Failure]] = {}
+        for f in self.failures:
+            grouped.setdefault(f"{f.observable}.{f.metric}" if f.observable else f.check, []).append(f)
+        return grouped
+
     def failing_checks(self) -> dict[str, int]:
         """How many cells fail each ``observable.metric`` check; global checks (coverage, fpd, ...) count once."""
-        counts: dict[str, int] = {}
-        for f in self.failures:
-            key = f"{f.observable}.{f.metric}" if f.observable else f.check
-            counts[key] = counts.get(key, 0) + 1
+        counts = {key: len(failures) for key, failures in self._failures_by_check().items()}
         return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    def failing_cells(self) -> dict[str, list[str]]:
+        """The cells that fail each ``observable.metric`` check, in the validation's order; a global check (coverage,
+        fpd, ...) has none."""
+        return {key: [f.cell for f in fs if f.cell] for key, fs in self._failures_by_check().items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
