@@ -62,6 +62,15 @@ RUNS = 4
 REFERENCE_SEED, GENERATION_SEED = 1_000_000, 2_000_000
 EPOCHS = 10
 TIMING_STEPS = {"flow": 30, "3dgan": 20}
+
+
+def true_or_false(value: str) -> bool:
+    """``true`` or ``false`` (any case) as a bool."""
+    if value.lower() not in ("true", "false"):
+        raise ValueError(f"takes true or false, got {value!r}")
+    return value.lower() == "true"
+
+
 #: a flow's settings that change how it samples, not what it learned: ``--sampling`` sets them on a trained file
 SAMPLING_SETTINGS = {
     "stage1_steps": int,
@@ -69,6 +78,7 @@ SAMPLING_SETTINGS = {
     "tilt_iterations": int,
     "kept_softness": float,
     "tilt_width_saturation": float,
+    "barycentre_shift": true_or_false,
 }
 
 
@@ -109,15 +119,14 @@ def training_settings(family: str, items: list[str]) -> dict[str, object]:
             known = ", ".join(k for k in defaults if k not in BENCH_SETTINGS)
             raise ValueError(f"--train {item!r}: give KEY=VALUE, KEY one of {known}")
         kind = type(defaults[key])
-        if kind is bool:
-            if value.lower() not in ("true", "false"):
-                raise ValueError(f"--train {item!r}: {key} takes true or false")
-            settings[key] = value.lower() == "true"
-            continue
+        nouns = {bool: "true or false", tuple: "comma-separated numbers"}
         try:  # a tuple (the 3DGAN's loss_weights) as comma-separated numbers
-            settings[key] = tuple(float(v) for v in value.split(",")) if kind is tuple else kind(value)
+            if kind is bool:
+                settings[key] = true_or_false(value)
+            else:
+                settings[key] = tuple(float(v) for v in value.split(",")) if kind is tuple else kind(value)
         except ValueError:
-            noun = "comma-separated numbers" if kind is tuple else f"a {kind.__name__}"
+            noun = nouns.get(kind, f"a {kind.__name__}")
             raise ValueError(f"--train {item!r}: {key} takes {noun}") from None
     return settings
 
@@ -279,7 +288,10 @@ def with_sampling(generator, settings: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or key not in SAMPLING_SETTINGS:
             raise ValueError(f"--sampling {item!r}: give KEY=VALUE, KEY one of {', '.join(SAMPLING_SETTINGS)}")
-        changes[key] = SAMPLING_SETTINGS[key](value)
+        try:
+            changes[key] = SAMPLING_SETTINGS[key](value)
+        except ValueError as error:
+            raise ValueError(f"--sampling {item!r}: {key} {error}") from None
     generator.arch = dataclasses.replace(generator.arch, **changes)  # checked by the architecture
     return {key: getattr(generator.arch, key) for key in SAMPLING_SETTINGS}
 

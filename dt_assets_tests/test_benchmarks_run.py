@@ -75,6 +75,20 @@ def test_fidelity_bench_trains_the_settings_it_is_given():
     assert gan.loss_weights == (2.0, 0.1, 0.1, 0.1)
 
 
+def test_fidelity_bench_sets_a_flows_sampling_and_refuses_a_bad_value_by_name():
+    from dt_assets import get_geometry
+    from dt_assets.model.flow import FlowGenerator
+
+    bench = _fidelity_bench()
+    flow = FlowGenerator(get_geometry("small_ecal_15x15x12"))
+    assert flow.arch.barycentre_shift  # the default
+    settings = bench.with_sampling(flow, ["barycentre_shift=False", "tilt_width_saturation=1.5"])
+    assert settings["barycentre_shift"] is False and not flow.arch.barycentre_shift
+    assert flow.arch.tilt_width_saturation == 1.5
+    with pytest.raises(ValueError, match="--sampling 'barycentre_shift=maybe': barycentre_shift takes true or false"):
+        bench.with_sampling(flow, ["barycentre_shift=maybe"])
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

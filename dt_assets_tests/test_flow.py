@@ -15,7 +15,14 @@ import torch
 
 from conftest import SMALL, torchrun_training
 from dt_assets import build_generator, generate, get_geometry, load_generator, simulate, simulate_blocks
-from dt_assets.model.flow import PEAK_TOLERANCE, WIDTH_FLOOR, FlowArchitecture, FlowGenerator, flow_architecture_for
+from dt_assets.model.flow import (
+    PEAK_TOLERANCE,
+    WIDTH_FLOOR,
+    FlowArchitecture,
+    FlowGenerator,
+    flow_architecture_for,
+    translate_layers,
+)
 from dt_assets.model.flow_training import FlowRecipe, FlowTrainConfig, batch_deposits, learning_rate
 from dt_assets.model.generation import save_generator
 from dt_assets.model.preprocess import preprocess_blocks
@@ -216,6 +223,73 @@ def test_a_saturated_width_tilt_presses_fewer_cells_to_the_threshold():
         flow_architecture_for(GEOMETRY, tilt_width_saturation=-1.0)
 
 
+def test_layers_translated_to_stage_one_barycentres_before_the_tilt_press_fewer_cells_to_the_threshold():
+    # MC showers' own stage-1 numbers, and as stage 2's cells their log energies with every layer displaced by up to
+    # 0.4 cells an axis (a trained stage 2's layers scatter by 0.13-0.36 cells about stage 1's barycentres). Moving a
+    # layer back by the tilt's exp(a v) presses the far cells of one side to the threshold; translating the log
+    # energies first leaves the tilt only what is left
+    mc = simulate(300, (10.0, 200.0), (60.0, 120.0), geometry=SMALL, seed=8)
+    deposits, energy, theta = (
+        torch.tensor(mc[v].values, dtype=torch.float32) for v in ("energy_deposit", "primary_energy", "theta")
+    )
+    shifted = FlowGenerator(GEOMETRY)
+    assert shifted.arch.barycentre_shift  # the default
+    truth = shifted.observe(deposits, energy, theta)
+    noise = torch.Generator().manual_seed(0)
+    stage1, cells = shifted.stage1_data(truth, noise), shifted.cell_data(truth, noise)
+    offset = 0.8 * torch.rand((len(cells), 2, GEOMETRY.n_layers), generator=noise) - 0.4
+    displaced = translate_layers(cells.reshape(-1, *shifted.arch.grid), offset).reshape(len(cells), -1)
+    thr = shifted.arch.threshold_mev
+    with torch.no_grad():
+        back = shifted.shifted_to_barycentres(stage1, displaced, energy)
+        made = {
+            "displaced, untilted": shifted.assemble(stage1, displaced, energy, tilted=False),
+            "translated back, untilted": shifted.assemble(stage1, back, energy, tilted=False),
+            "tilted": shifted.assemble(stage1, displaced, energy),
+            "translated back, tilted": shifted.assemble(stage1, back, energy),
+        }
+    errors = {name: layer_moment_errors(shifted, showers, energy, theta, truth) for name, showers in made.items()}
+    # measured (untilted): barycentres 0.152 cells off displaced, 0.060 translated back
+    assert errors["translated back, untilted"]["mean"] < errors["displaced, untilted"]["mean"] / 2, errors
+
+    def at_threshold(showers: torch.Tensor) -> float:  # cells a shower within 1% above the threshold
+        return ((showers >= thr) & (showers < 1.01 * thr)).sum().item() / len(showers)
+
+    # measured: 5.0 a shower translated back and tilted against 12.5 tilted (MC 0.16); barycentres 0.0092 and widths
+    # 0.018 cells off (tilted alone 0.0065 and 0.012)
+    pressed = {name: at_threshold(showers) for name, showers in made.items()}
+    assert at_threshold(deposits) < 1 and pressed["translated back, tilted"] < pressed["tilted"] / 2, pressed
+    assert errors["translated back, tilted"]["mean"] < 0.015 and errors["translated back, tilted"]["width"] < 0.03
+    assert torch.allclose(made["translated back, tilted"].sum(dim=(1, 2)), made["tilted"].sum(dim=(1, 2)), rtol=1e-4)
+    with torch.no_grad():  # sample() translates where the setting is on, and only there
+        noise = torch.randn(4, shifted.noise_size, generator=torch.Generator().manual_seed(1))
+        unshifted = FlowGenerator(GEOMETRY, flow_architecture_for(GEOMETRY, barycentre_shift=False))
+        unshifted.load_state_dict(shifted.state_dict())
+        a, b = (g.sample(noise, energy[:4], theta[:4]) for g in (shifted, unshifted))
+    assert not torch.equal(a, b) and torch.allclose(a.sum(dim=(1, 2, 3)), b.sum(dim=(1, 2, 3)), rtol=1e-4)
+
+
+def test_translate_layers_moves_each_layer_by_its_own_offset():
+    field = torch.zeros(2, 15, 15, 3)
+    field[:, 6:9, 5:10, :] = torch.tensor([1.0, 3.0, 1.0])[:, None, None]  # a bump off the grid's centre in y
+    offset = torch.tensor([[[0.5, -1.0, 0.25], [0.0, 2.0, -0.75]], [[1.5, 0.0, -0.3], [0.3, -1.5, 0.0]]])
+    moved = translate_layers(field, offset)
+    coordinate = torch.arange(15.0)
+
+    def barycentres(f: torch.Tensor) -> torch.Tensor:  # (B, 2, z)
+        x = (f.sum(dim=2) * coordinate[None, :, None]).sum(dim=1) / f.sum(dim=(1, 2))
+        y = (f.sum(dim=1) * coordinate[None, :, None]).sum(dim=1) / f.sum(dim=(1, 2))
+        return torch.stack([x, y], dim=1)
+
+    assert torch.allclose(barycentres(moved) - barycentres(field), offset, atol=1e-5)
+    assert torch.allclose(moved.sum(dim=(1, 2)), field.sum(dim=(1, 2)))  # nothing lost inside the grid
+    assert torch.equal(translate_layers(field, torch.zeros_like(offset)), field)
+    edge = translate_layers(
+        torch.arange(15.0)[None, :, None, None].expand(1, 15, 15, 1), torch.tensor([[[3.0], [0.0]]])
+    )
+    assert edge[0, :4, 0, 0].tolist() == [0.0, 0.0, 0.0, 0.0] and edge[0, 4, 0, 0] == 1.0  # the edge cell held
+
+
 def test_kept_cells_below_the_threshold_do_not_stretch_the_layers():
     # MC showers' own stage-1 numbers and log cell energies, but with the kept cells of the lowest energies (up to
     # e^0.5 x the threshold, a third of them) moved into the gap below the threshold, where a trained stage 2 puts
@@ -304,13 +378,15 @@ def test_stage_one_holds_the_barycentres_relative_to_the_shower_axis(untrained):
         relative.std(dim=0),
         stage1[:, x_barycentres].std(dim=0),
     )
-    # a model saved before the axis, the hottest cell, the soft floor of the kept cells and the sub-cell phase existed
-    # loads without them
+    # a model saved before the axis, the hottest cell, the soft floor of the kept cells, the sub-cell phase and the
+    # barycentre shift existed loads without them
     spec = untrained.arch.to_dict()
-    for key in ("axis_barycentres", "layer_peak", "kept_softness", "subcell_phase"):
+    old_keys = ("axis_barycentres", "layer_peak", "kept_softness", "subcell_phase", "barycentre_shift")
+    for key in old_keys:
         del spec[key]
     old = FlowGenerator(GEOMETRY, FlowArchitecture.from_dict(spec))
-    assert not (old.arch.axis_barycentres or old.arch.layer_peak or old.arch.kept_softness or old.arch.subcell_phase)
+    assert not any(getattr(old.arch, key) for key in old_keys)
+    assert all(getattr(untrained.arch, key) for key in old_keys)
     assert "axis_coef" not in old.state_dict() and old.arch.stage1_size == 1 + 6 * GEOMETRY.n_layers
     assert "axis_coef" in untrained.state_dict()
 

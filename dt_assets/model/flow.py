@@ -68,6 +68,10 @@ LAYER_STATS = 2
 #: (``layer_peak``) how much further from stage 1's moments (cells, summed over x, y barycentre and width) a layer
 #: with its hottest cell set may lie than without it and still keep it in full; at twice this it is refused
 PEAK_TOLERANCE = 0.05
+#: (``barycentre_shift``) the largest translation of a layer's log energies before the moment tilt (cells an axis)
+MAX_LAYER_SHIFT = 1.5
+#: (``barycentre_shift``) layers of this many kept cells or more are translated in full, fewer in part, 2 or less not
+SHIFT_CELLS = 5
 #: the largest linear and quadratic coefficients of the moment tilt (per standardised width)
 TILT_BOUNDS = (5.0, 2.5)
 
@@ -130,6 +134,13 @@ class FlowArchitecture:
     #: (0.100-0.133 MeV) where MC has 28-50 and its stage 2 alone 24-44; with c = 1.5, 38-53, and the 15 GeV cells'
     #: spectrum passes, but the classifier separates more (AUC 0.674 against 0.646; bench/README.md)
     tilt_width_saturation: float = 0.0
+    #: (sampling, with ``moments``) before the moment tilt, stage 2's log energies of each layer are translated
+    #: (linearly interpolated between neighbouring cells, edges held) by the distance from the barycentre of the layer
+    #: assembled without the tilt to stage 1's, so that the tilt corrects what is left rather than the whole
+    #: distance. Stage 2's barycentres scatter by 0.13-0.36 cells about stage 1's; moving them by the tilt's
+    #: exp(a v) pressed the far cells on one side to the threshold. With it the default's 15-minute flow passes
+    #: every check in 11 of 15 cells against 7 (bench/README.md). Models saved before this field load with it off.
+    barycentre_shift: bool = True
 
     def __post_init__(self) -> None:
         for name in ("stage1_hidden", "stage1_blocks", "stage2_hidden", "stage2_blocks", "time_features"):
@@ -148,7 +159,7 @@ class FlowArchitecture:
             )
         if not self.threshold_mev > 0:
             raise ValueError(f"flow architecture: threshold_mev must be positive, got {self.threshold_mev!r}")
-        for name in ("axis_barycentres", "layer_peak", "subcell_phase"):
+        for name in ("axis_barycentres", "layer_peak", "subcell_phase", "barycentre_shift"):
             if getattr(self, name) and not self.moments:
                 raise ValueError(f"flow architecture: {name} needs moments=True")
         if self.subcell_phase and not self.stage2_per_layer:
@@ -188,7 +199,13 @@ class FlowArchitecture:
         if unknown:
             raise ValueError(f"flow architecture: unknown key(s) {unknown}")
         # fields models lack if older
-        before = {"axis_barycentres": False, "layer_peak": False, "kept_softness": 0.0, "subcell_phase": False}
+        before = {
+            "axis_barycentres": False,
+            "layer_peak": False,
+            "kept_softness": 0.0,
+            "subcell_phase": False,
+            "barycentre_shift": False,
+        }
         return cls(**{**before, **d, "grid": tuple(d["grid"])})
 
 
@@ -523,13 +540,36 @@ class FlowGenerator(nn.Module):
         rows = midpoint_solve(
             self.stage2, self.stage2_rows(z2), self.stage2_condition(conditions, stage1), a.stage2_steps
         )
-        log_cells = self.stage2_cells(rows)
-        return self.assemble(
-            self.stage1_values(stage1, conditions), log_cells * self.cells_std + self.cells_mean, energy_gev
-        )
+        values = self.stage1_values(stage1, conditions)
+        log_cells = self.stage2_cells(rows) * self.cells_std + self.cells_mean
+        if a.moments and a.barycentre_shift:
+            log_cells = self.shifted_to_barycentres(values, log_cells, energy_gev)
+        return self.assemble(values, log_cells, energy_gev)
 
-    def assemble(self, stage1: torch.Tensor, log_cells: torch.Tensor, energy_gev: torch.Tensor) -> torch.Tensor:
-        """Showers whose layer energies and occupancies are stage 1's, with stage 2's cells ranked in each layer."""
+    def shifted_to_barycentres(
+        self, stage1: torch.Tensor, log_cells: torch.Tensor, energy_gev: torch.Tensor
+    ) -> torch.Tensor:
+        """Stage 2's log energies (B, n_cells) with each layer translated by the distance (at most
+        MAX_LAYER_SHIFT cells an axis) from the barycentre of the layer assembled without the moment tilt to stage 1's
+        (``barycentre_shift``)."""
+        a = self.arch
+        n_z = a.n_layers
+        plain = self.assemble(stage1, log_cells, energy_gev, tilted=False).reshape(-1, a.n_cells // n_z, n_z)
+        layer = plain.sum(dim=1)  # (B, z)
+        got, _ = self._layer_moments(plain, layer)
+        target = stage1[:, 1:].reshape(-1, a.layer_stats, n_z)[:, 2:4]  # (B, 2, z)
+        # in full from SHIFT_CELLS kept cells on, none below 3: a layer of a few cells has a barycentre that jumps
+        # where stage 2's ranking of two cells flips, and the whole layer would jump with it
+        cells = (plain > 0).sum(dim=1).to(plain.dtype)  # (B, z)
+        weight = ((cells - 2) / (SHIFT_CELLS - 2)).clamp(0, 1)[:, None, :]
+        delta = (weight * (target - got)).clamp(-MAX_LAYER_SHIFT, MAX_LAYER_SHIFT)
+        return translate_layers(log_cells.reshape(-1, *a.grid), delta).reshape(-1, a.n_cells)
+
+    def assemble(
+        self, stage1: torch.Tensor, log_cells: torch.Tensor, energy_gev: torch.Tensor, tilted: bool = True
+    ) -> torch.Tensor:
+        """Showers whose layer energies and occupancies are stage 1's, with stage 2's cells ranked in each layer;
+        with ``tilted`` (and ``moments``) the layers tilted to stage 1's barycentres, widths and hottest cells."""
         a = self.arch
         n_z, thr = a.n_layers, a.threshold_mev
         per_layer = a.n_cells // n_z
@@ -552,7 +592,7 @@ class FlowGenerator(nn.Module):
         lowest = torch.gather(torch.gather(cells, 1, order), 1, (count[:, None, :] - 1).clamp_min(0).long())
         anchored = torch.where(keep, cells - lowest, torch.zeros_like(cells))  # >= 0 where kept
         mean = width = fraction = None
-        if a.moments:
+        if a.moments and tilted:
             mean = stats[:, 2:4]  # (B, 2, z) barycentres
             width = (torch.exp(stats[:, 4:6]) - 1.5 * WIDTH_FLOOR).clamp_min(0)
             if a.layer_peak:
@@ -725,6 +765,23 @@ class FlowGenerator(nn.Module):
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         """``[E_p / 100 GeV, theta, noise]`` (B, 2 + noise_size) to deposits in MeV (the MLflow model's signature)."""
         return self.sample(latent[:, 2:], latent[:, 0] * ENERGY_SCALE_GEV, latent[:, 1])
+
+
+def translate_layers(field: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``field`` (B, x, y, z) with each layer translated by ``delta`` (B, 2, z) cells in x and y: linearly
+    interpolated between neighbouring cells, the edge cells held beyond the grid (continuous in ``delta``)."""
+    for axis in (0, 1):
+        n = field.shape[1 + axis]
+        shape = [1, 1, 1, 1]
+        shape[1 + axis] = n
+        # where each cell's new value comes from: (B, x or 1, 1 or y, z)
+        source = torch.arange(n, dtype=field.dtype, device=field.device).reshape(shape) - delta[:, None, None, axis, :]
+        low = torch.floor(source)
+        step = (source - low).expand(field.shape)
+        below = torch.gather(field, 1 + axis, low.clamp(0, n - 1).long().expand(field.shape))
+        above = torch.gather(field, 1 + axis, (low + 1).clamp(0, n - 1).long().expand(field.shape))
+        field = below + step * (above - below)
+    return field
 
 
 def _normalised(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
