@@ -119,14 +119,12 @@ def training_settings(family: str, items: list[str]) -> dict[str, object]:
             known = ", ".join(k for k in defaults if k not in BENCH_SETTINGS)
             raise ValueError(f"--train {item!r}: give KEY=VALUE, KEY one of {known}")
         kind = type(defaults[key])
-        nouns = {bool: "true or false", tuple: "comma-separated numbers"}
-        try:  # a tuple (the 3DGAN's loss_weights) as comma-separated numbers
-            if kind is bool:
-                settings[key] = true_or_false(value)
-            else:
-                settings[key] = tuple(float(v) for v in value.split(",")) if kind is tuple else kind(value)
+        # a tuple (the 3DGAN's loss_weights) as comma-separated numbers
+        parse = {bool: true_or_false, tuple: lambda v: tuple(float(x) for x in v.split(","))}.get(kind, kind)
+        try:
+            settings[key] = parse(value)
         except ValueError:
-            noun = nouns.get(kind, f"a {kind.__name__}")
+            noun = {bool: "true or false", tuple: "comma-separated numbers"}.get(kind, f"a {kind.__name__}")
             raise ValueError(f"--train {item!r}: {key} takes {noun}") from None
     return settings
 

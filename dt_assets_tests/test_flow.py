@@ -155,6 +155,11 @@ def layer_moment_errors(generator: FlowGenerator, deposits, energy, theta, truth
     return errors
 
 
+def cells_at_threshold(showers: torch.Tensor, threshold_mev: float) -> float:
+    """Cells a shower within 1% above the threshold: where the moment tilt presses far kept cells (MC has 0.16)."""
+    return ((showers >= threshold_mev) & (showers < 1.01 * threshold_mev)).sum().item() / len(showers)
+
+
 def test_assembly_gives_each_layer_stage_one_moments_and_hottest_cell():
     # MC showers' own stage-1 numbers, and as stage 2's cells their log energies blurred by noise: the moment tilt
     # must bring back each layer's barycentre and width, and the hottest cell its share of the layer, which the
@@ -210,12 +215,10 @@ def test_a_saturated_width_tilt_presses_fewer_cells_to_the_threshold():
     with torch.no_grad():
         made = {"plain": plain.assemble(stage1, cells, energy), "saturated": saturated.assemble(stage1, cells, energy)}
 
-    def at_threshold(showers: torch.Tensor) -> float:  # cells a shower within 1% above the threshold
-        return ((showers >= thr) & (showers < 1.01 * thr)).sum().item() / len(showers)
-
     # measured: MC 0.16 a shower, plain 29.4, saturated 7.4; barycentres 0.010 and widths 0.029 cells off (plain
     # 0.0064 and 0.020, untilted 0.056 and 0.093)
-    assert at_threshold(deposits) < 1 and at_threshold(made["saturated"]) < at_threshold(made["plain"]) / 3
+    pressed = {name: cells_at_threshold(showers, thr) for name, showers in made.items()}
+    assert cells_at_threshold(deposits, thr) < 1 and pressed["saturated"] < pressed["plain"] / 3, pressed
     errors = layer_moment_errors(saturated, made["saturated"], energy, theta, truth)
     assert errors["mean"] < 0.015 and errors["width"] < 0.04, errors
     assert torch.allclose(made["saturated"].sum(dim=(1, 2)), made["plain"].sum(dim=(1, 2)), rtol=1e-4)
@@ -252,13 +255,10 @@ def test_layers_translated_to_stage_one_barycentres_before_the_tilt_press_fewer_
     # measured (untilted): barycentres 0.152 cells off displaced, 0.060 translated back
     assert errors["translated back, untilted"]["mean"] < errors["displaced, untilted"]["mean"] / 2, errors
 
-    def at_threshold(showers: torch.Tensor) -> float:  # cells a shower within 1% above the threshold
-        return ((showers >= thr) & (showers < 1.01 * thr)).sum().item() / len(showers)
-
     # measured: 5.0 a shower translated back and tilted against 12.5 tilted (MC 0.16); barycentres 0.0092 and widths
     # 0.018 cells off (tilted alone 0.0065 and 0.012)
-    pressed = {name: at_threshold(showers) for name, showers in made.items()}
-    assert at_threshold(deposits) < 1 and pressed["translated back, tilted"] < pressed["tilted"] / 2, pressed
+    pressed = {name: cells_at_threshold(showers, thr) for name, showers in made.items()}
+    assert cells_at_threshold(deposits, thr) < 1 and pressed["translated back, tilted"] < pressed["tilted"] / 2, pressed
     assert errors["translated back, tilted"]["mean"] < 0.015 and errors["translated back, tilted"]["width"] < 0.03
     assert torch.allclose(made["translated back, tilted"].sum(dim=(1, 2)), made["tilted"].sum(dim=(1, 2)), rtol=1e-4)
     with torch.no_grad():  # sample() translates where the setting is on, and only there

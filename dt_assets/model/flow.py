@@ -542,7 +542,7 @@ class FlowGenerator(nn.Module):
         )
         values = self.stage1_values(stage1, conditions)
         log_cells = self.stage2_cells(rows) * self.cells_std + self.cells_mean
-        if a.moments and a.barycentre_shift:
+        if a.barycentre_shift:  # (needs moments: the architecture refuses it without)
             log_cells = self.shifted_to_barycentres(values, log_cells, energy_gev)
         return self.assemble(values, log_cells, energy_gev)
 
