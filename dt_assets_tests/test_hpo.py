@@ -115,6 +115,7 @@ def test_a_flow_study_tunes_the_flow_s_fields_only():
         apply_parameters(FlowTrainConfig(), {"lr_generator": 1e-4})
     tuned = FlowModelConfig().with_hyperparameters({"lr": 5e-4, "stage2_hidden": 512})
     assert tuned.train_config().lr == 5e-4 and tuned.train_config().stage2_hidden == 512
+    assert FlowModelConfig(layer_skewness=True).train_config().layer_skewness
     with pytest.raises(ValueError, match="unknown flow parameter"):
         FlowModelConfig().with_hyperparameters({"weight_angle": 3.0})
     with pytest.raises(ValidationError, match=r"search_space.ema_decay: must lie in \[0, 1\)"):

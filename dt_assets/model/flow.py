@@ -24,7 +24,8 @@ first, then assembles the showers (:meth:`FlowGenerator.assemble`):
    further from stage 1's than measuring from its lowest kept cell, which gets the threshold, is
    assembled that way instead: a stray hot cell far from the core);
 3. the energy above the thresholds is re-weighted by an exponential tilt in x, y, x^2, y^2 so that
-   the layer's barycentre and width become stage 1's (where the kept cells allow it); with
+   the layer's barycentre and width become stage 1's (where the kept cells allow it; with
+   ``layer_skewness``, which stage 1 then also learns, x^3 and y^3 give it stage 1's third moments too); with
    ``layer_peak`` this is done first, then the tilted layer's hottest cell gets stage 1's fraction
    and the other cells are tilted again around it (kept where the layer's moments stay within
    ``PEAK_TOLERANCE`` of stage 1's);
@@ -72,8 +73,18 @@ PEAK_TOLERANCE = 0.05
 MAX_LAYER_SHIFT = 1.5
 #: (``barycentre_shift``) layers of this many kept cells or more are translated in full, fewer in part, 2 or less not
 SHIFT_CELLS = 5
-#: the largest linear and quadratic coefficients of the moment tilt (per standardised width)
-TILT_BOUNDS = (5.0, 2.5)
+#: the largest linear, quadratic and (``layer_skewness``) cubic coefficients of the moment tilt (per standardised
+#: width)
+TILT_BOUNDS = (5.0, 2.5, 1.0)
+#: (``layer_skewness``) a layer's third central moment m (cells^3) is stored as asinh(m / this): linear near 0,
+#: logarithmic in the tails (the first layers of an inclined shower reach a few cells^3)
+SKEW_SCALE = 0.01
+#: (``layer_skewness``) step sizes the three-moment tilt tries along each Newton direction: it takes the one with the
+#: lowest dual objective (or none), so the objective never rises and the solve converges
+#: (``layer_skewness``) the cubic coefficient of the tilt is bounded so that it moves no free cell's logit by more
+#: than this
+CUBIC_LOGITS = 30.0
+LINE_SEARCH = tuple(0.5**k for k in range(8))
 
 
 @dataclass(frozen=True)
@@ -141,6 +152,12 @@ class FlowArchitecture:
     #: exp(a v) pressed the far cells on one side to the threshold. With it the default's 15-minute flow passes
     #: every check in 11 of 15 cells against 7 (bench/README.md). Models saved before this field load with it off.
     barycentre_shift: bool = True
+    #: (with ``moments``) stage 1 also learns each layer's transverse third central moment (x, y; stored as
+    #: asinh(m / SKEW_SCALE)), stage 2 is given it, and the moment tilt gains a cubic term per axis that gives the
+    #: layer stage 1's third moment as well as its barycentre and width. The tilt's second-moment term takes a
+    #: layer's skewness with its width; the classifier reads the shower's skewness and how it goes with its centre
+    #: (bench/README.md). The three-moment solve is Newton's method with a line search on the tilt's convex dual.
+    layer_skewness: bool = False
 
     def __post_init__(self) -> None:
         for name in ("stage1_hidden", "stage1_blocks", "stage2_hidden", "stage2_blocks", "time_features"):
@@ -159,9 +176,11 @@ class FlowArchitecture:
             )
         if not self.threshold_mev > 0:
             raise ValueError(f"flow architecture: threshold_mev must be positive, got {self.threshold_mev!r}")
-        for name in ("axis_barycentres", "layer_peak", "subcell_phase", "barycentre_shift"):
+        for name in ("axis_barycentres", "layer_peak", "subcell_phase", "barycentre_shift", "layer_skewness"):
             if getattr(self, name) and not self.moments:
                 raise ValueError(f"flow architecture: {name} needs moments=True")
+        if self.layer_skewness and self.tilt_width_saturation > 0:
+            raise ValueError("flow architecture: layer_skewness needs tilt_width_saturation=0 (the cubic tilt's solve)")
         if self.subcell_phase and not self.stage2_per_layer:
             raise ValueError("flow architecture: subcell_phase needs stage2_per_layer=True")
 
@@ -176,8 +195,9 @@ class FlowArchitecture:
     @property
     def layer_stats(self) -> int:
         """Stage 1's numbers per layer: the log fraction and sqrt(occupancy); with ``moments`` the barycentre and
-        the log width in x and y; with ``layer_peak`` the hottest cell."""
-        return LAYER_STATS + 4 * self.moments + self.layer_peak
+        the log width in x and y; with ``layer_peak`` the hottest cell; with ``layer_skewness`` the third moment in x
+        and y."""
+        return LAYER_STATS + 4 * self.moments + self.layer_peak + 2 * self.layer_skewness
 
     @property
     def stage1_size(self) -> int:
@@ -205,6 +225,7 @@ class FlowArchitecture:
             "kept_softness": 0.0,
             "subcell_phase": False,
             "barycentre_shift": False,
+            "layer_skewness": False,
         }
         return cls(**{**before, **d, "grid": tuple(d["grid"])})
 
@@ -280,6 +301,7 @@ class Observed:
     mean: torch.Tensor | None = None  # (B, 2, z), cell units
     width: torch.Tensor | None = None  # (B, 2, z), cell units
     peak: torch.Tensor | None = None  # (B, z): the hottest cell's fraction of the layer, 0 in empty layers
+    third: torch.Tensor | None = None  # (B, 2, z): the third central moment, cells^3
 
 
 @dataclass
@@ -379,6 +401,8 @@ class FlowGenerator(nn.Module):
         )
         if a.moments:
             observed.mean, observed.width = self._layer_moments(cells, layer)
+            if a.layer_skewness:
+                observed.third = self._layer_third_moments(cells, layer, observed.mean)
             if a.layer_peak:
                 observed.peak = (cells / layer[:, None, :].clamp_min(1e-12)).amax(dim=1)  # 0 in empty layers
         return observed
@@ -408,6 +432,10 @@ class FlowGenerator(nn.Module):
                 assert observed.peak is not None  # observed with the layer peak
                 peak = torch.where(count > 0, observed.peak, torch.ones_like(observed.peak))
                 parts.append(torch.log(1 - peak + WIDTH_FLOOR * (1 + jitter[:, 0])))
+            if self.arch.layer_skewness:  # a one-cell or empty layer's 0 smeared by a tenth of the scale
+                assert observed.third is not None  # observed with the layer skewness
+                smear = torch.rand(observed.third.shape, generator=generator, device=layer.device) - 0.5
+                parts.append(torch.asinh(observed.third / SKEW_SCALE + 0.2 * smear).flatten(1))
         return torch.cat(parts, dim=1)
 
     def cell_data(self, observed: Observed, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -591,25 +619,32 @@ class FlowGenerator(nn.Module):
         # threshold through a soft floor
         lowest = torch.gather(torch.gather(cells, 1, order), 1, (count[:, None, :] - 1).clamp_min(0).long())
         anchored = torch.where(keep, cells - lowest, torch.zeros_like(cells))  # >= 0 where kept
-        mean = width = fraction = None
+        mean = width = fraction = third = None
         if a.moments and tilted:
             mean = stats[:, 2:4]  # (B, 2, z) barycentres
             width = (torch.exp(stats[:, 4:6]) - 1.5 * WIDTH_FLOOR).clamp_min(0)
             if a.layer_peak:
                 fraction = (1 - (torch.exp(stats[:, 6]) - 1.5 * WIDTH_FLOOR)).clamp(0, 1)
+            if a.layer_skewness:
+                first = 6 + a.layer_peak
+                # asinh(m / SKEW_SCALE), within what a layer of this grid can hold (a stray stage-1 draw would
+                # overflow sinh); sinh written out (it exports)
+                most = math.asinh((max(a.grid[:2]) / 2) ** 3 / SKEW_SCALE)
+                stored = stats[:, first : first + 2].clamp(-most, most)
+                third = SKEW_SCALE * 0.5 * (torch.exp(stored) - torch.exp(-stored))  # (B, 2, z), cells^3
         if not a.kept_softness > 0:
-            energy = self._kept_energies(anchored, keep, layer_energy, spare, mean, width, fraction)
+            energy = self._kept_energies(anchored, keep, layer_energy, spare, mean, width, fraction, third)
         else:
             s = a.kept_softness
             soft = torch.where(keep, s * nn.functional.softplus((cells - math.log(thr)) / s), torch.zeros_like(cells))
-            energy = self._kept_energies(soft, keep, layer_energy, spare, mean, width, fraction)
+            energy = self._kept_energies(soft, keep, layer_energy, spare, mean, width, fraction, third)
             if mean is not None and width is not None:
                 # stage 2 now and then ranks a cell far from the layer's core among its highest; measured from the
                 # lowest kept cell, k < 1 damped it, from the threshold it can outweigh the core beyond what the tilt
                 # corrects (one shower in a few hundred; its layer's barycentre cells off). A layer keeps the soft
                 # floor where its moments stay as near stage 1's as anchored (within PEAK_TOLERANCE; in part up to
                 # twice that)
-                fallback = self._kept_energies(anchored, keep, layer_energy, spare, mean, width, fraction)
+                fallback = self._kept_energies(anchored, keep, layer_energy, spare, mean, width, fraction, third)
                 energy = self._unless_further(energy, fallback, layer_energy, mean, width)
         return energy.reshape(-1, *a.grid)  # 0 where not kept (both candidates are)
 
@@ -622,11 +657,13 @@ class FlowGenerator(nn.Module):
         mean: torch.Tensor | None,
         width: torch.Tensor | None,
         fraction: torch.Tensor | None,
+        third: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The kept cells' energies (B, x*y, z; 0 elsewhere) from their log energies ``above`` the lowest (0 where not
         kept): thr x exp(k above) with k per layer such that the layer holds ``layer_energy`` (B, z), ``spare`` (B, 1,
         z) of it above the kept cells' thresholds; with the barycentres ``mean`` and widths ``width`` (B, 2, z) tilted
-        to them, and with the hottest cell's ``fraction`` of the layer (B, z) that cell set (see the module)."""
+        to them (and to the third moments ``third``, B, 2, z, where given), and with the hottest cell's ``fraction``
+        of the layer (B, z) that cell set (see the module)."""
         thr = self.arch.threshold_mev
         zero = torch.zeros_like(above)
         spread = _exponent_for_sum(above, keep, (spare / thr).clamp_min(0))
@@ -635,7 +672,7 @@ class FlowGenerator(nn.Module):
         free_energy = spare.clamp_min(0)
         if mean is None or width is None:
             return torch.where(keep, fixed + free_energy * share, zero)
-        share = self.tilt(share, keep, layer_energy, fixed, free_energy, mean, width)
+        share = self._tilted_share(share, keep, layer_energy, fixed, free_energy, mean, width, third)
         energy = fixed + free_energy * share
         if fraction is not None:
             # the hottest cell of the tilted layer gets stage 1's fraction of the layer (all of it when alone), and
@@ -650,10 +687,48 @@ class FlowGenerator(nn.Module):
             free = keep & ~hot
             free_energy = free_energy - hot_extra
             fixed = fixed + torch.where(hot, hot_extra, zero)
-            share = self.tilt(_normalised(share, free), free, layer_energy, fixed, free_energy, mean, width)
+            share = self._tilted_share(
+                _normalised(share, free), free, layer_energy, fixed, free_energy, mean, width, third
+            )
             peaked = fixed + free_energy * share
             energy = self._unless_further(peaked, energy, layer_energy, mean, width)
         return torch.where(keep, energy, zero)
+
+    def _tilted_share(
+        self,
+        share: torch.Tensor,
+        free: torch.Tensor,
+        layer_energy: torch.Tensor,
+        fixed: torch.Tensor,
+        free_energy: torch.Tensor,
+        mean: torch.Tensor,
+        width: torch.Tensor,
+        third: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """:meth:`tilt`'s shares; with the third moments ``third``, the three-moment tilt's per layer where its
+        barycentre and width land as near stage 1's as the two-moment tilt's (:meth:`_further_weight`; that one here
+        with its line search), else the two-moment tilt's: a third moment the kept cells cannot give (stage 2 kept
+        other cells than the far ones that carry it) would otherwise pull the layer off its barycentre and width."""
+        if third is None:
+            return self.tilt(share, free, layer_energy, fixed, free_energy, mean, width)
+        two = self.tilt(share, free, layer_energy, fixed, free_energy, mean, width, line_search=True)
+        three = self.tilt(share, free, layer_energy, fixed, free_energy, mean, width, third)
+        energies = [fixed + free_energy * s for s in (three, two)]
+        return two + self._further_weight(*energies, layer_energy, mean, width) * (three - two)
+
+    def _further_weight(
+        self,
+        candidate: torch.Tensor,
+        reference: torch.Tensor,
+        layer_energy: torch.Tensor,
+        mean: torch.Tensor,
+        width: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per layer (B, 1, z) 1 where the moments of ``candidate`` (B, x*y, z) lie no further from ``mean`` and
+        ``width`` than the reference's plus ``PEAK_TOLERANCE`` (cells), 0 from twice that, linearly in between
+        (continuous, so that an exported graph's rounding cannot flip the choice)."""
+        miss = [self._moment_miss(e, layer_energy, mean, width) for e in (candidate, reference)]
+        return ((miss[1] + 2 * PEAK_TOLERANCE - miss[0]) / PEAK_TOLERANCE).clamp(0.0, 1.0)
 
     def _unless_further(
         self,
@@ -668,8 +743,7 @@ class FlowGenerator(nn.Module):
         from one tolerance on (continuous, so that an exported graph's rounding cannot flip the choice). Both hold the
         threshold or more in the kept cells and 0 elsewhere, and so does the blend: held at the threshold against its
         rounding (next to a hot cell's energy a few ulps are 1e-5 of the threshold)."""
-        miss = [self._moment_miss(e, layer_energy, mean, width) for e in (candidate, reference)]
-        weight = ((miss[1] + 2 * PEAK_TOLERANCE - miss[0]) / PEAK_TOLERANCE).clamp(0.0, 1.0)
+        weight = self._further_weight(candidate, reference, layer_energy, mean, width)
         blend = reference + weight * (candidate - reference)
         return torch.where(reference > 0, blend.clamp_min(self.arch.threshold_mev), blend)
 
@@ -680,6 +754,15 @@ class FlowGenerator(nn.Module):
         xy = self.cell_xy.to(energy.dtype)[None, :, :, None]  # (1, x*y, 2, 1)
         mean = (weight * xy).sum(dim=1)  # (B, 2, z)
         return mean, (weight * (xy - mean[:, None]) ** 2).sum(dim=1).clamp_min(0).sqrt()
+
+    def _layer_third_moments(
+        self, energy: torch.Tensor, layer_energy: torch.Tensor, mean: torch.Tensor
+    ) -> torch.Tensor:
+        """Each layer's transverse third central moment (B, 2, z; cells^3, 0 in empty layers) of cell energies
+        ``energy`` (B, x*y, z) whose layers sum to ``layer_energy`` (B, z) and whose barycentres are ``mean``."""
+        weight = (energy / layer_energy[:, None, :].clamp_min(1e-12))[:, :, None, :]
+        xy = self.cell_xy.to(energy.dtype)[None, :, :, None]
+        return (weight * (xy - mean[:, None]) ** 3).sum(dim=1)
 
     def _moment_miss(
         self, energy: torch.Tensor, layer_energy: torch.Tensor, mean: torch.Tensor, width: torch.Tensor
@@ -698,57 +781,105 @@ class FlowGenerator(nn.Module):
         free_energy: torch.Tensor,
         mean: torch.Tensor,
         width: torch.Tensor,
+        third: torch.Tensor | None = None,
+        line_search: bool = False,
     ) -> torch.Tensor:
         """Shares of the ``free`` cells' energy re-weighted per layer by exp(a_x v_x + b_x v_x^2 + a_y v_y + b_y v_y^2),
         with v the cell coordinates standardised by the shares' own barycentre and width, the four found by Newton's
         method (each axis a 2 x 2 system) so that the layer's barycentre and width become stage 1's ``mean`` and
-        ``width`` (B, 2, z; cell units). ``fixed`` (B, x*y, z) is what the cells hold besides their shares of
-        ``free_energy`` (B, 1, z). The tilt is bounded; a layer takes it in full where it brings the layer closer to
-        the target by a tenth or more, in part where by less, and keeps its shares where it would not bring it closer,
-        where it has fewer than two free cells, or no free energy."""
+        ``width`` (B, 2, z; cell units). With the third central moments ``third`` (B, 2, z; cells^3) a cubic term
+        c v^3 per axis gives the layer those too: each Newton step (3 x 3 per axis) is then taken at the length of
+        ``LINE_SEARCH`` (or none) that lowers the tilt's convex dual most, so the objective never rises (with
+        ``tilt_width_saturation``, whose basis is no dual's, the squared miss of the statistics; the two-moment tilt
+        too with ``line_search``). ``fixed``
+        (B, x*y, z) is what the cells hold besides their shares of ``free_energy`` (B, 1, z). The tilt is bounded; a
+        layer takes it in full where it brings the layer closer to the target by a tenth or more, in part where by
+        less, and keeps its shares where it would not bring it closer, where it has fewer than two free cells, or no
+        free energy."""
+        order = 2 if third is None else 3
         u = self.cell_xy.to(share.dtype)[None, :, :, None]  # (1, x*y, 2 axes, 1)
-        held = (fixed[:, :, None, None, :] * torch.stack([u, u**2], dim=3)).sum(dim=1)  # (B, 2, 2, z)
-        # the raw moments the free part must have for the whole layer to have the target's
-        target = torch.stack([mean, width**2 + mean**2], dim=2)  # (B, 2 axes, 2, z)
-        raw = (layer_energy[:, None, None, :] * target - held) / free_energy.clamp_min(1e-12)[:, :, None, :]
+        held = (fixed[:, :, None, None, :] * torch.stack([u**k for k in range(1, order + 1)], dim=3)).sum(dim=1)
+        # the raw moments (B, 2 axes, order, z) the free part must have for the whole layer to have the target's
+        moments = [mean, width**2 + mean**2]
+        if third is not None:
+            moments.append(third + 3 * mean * width**2 + mean**3)
+        raw = (layer_energy[:, None, None, :] * torch.stack(moments, dim=2) - held) / free_energy.clamp_min(1e-12)[
+            :, :, None, :
+        ]
         # the coordinates standardised by the shares' own moments: a well-conditioned tilt
         p0 = share[:, :, None, :]  # (B, x*y, 1, z)
         mu = (p0 * u).sum(dim=1)  # (B, 2, z)
         sigma = ((p0 * (u - mu[:, None]) ** 2).sum(dim=1)).sqrt().clamp_min(0.3)
         v = (u - mu[:, None]) / sigma[:, None]  # (B, x*y, 2, z)
-        stats = torch.stack([v, v**2], dim=3)  # (B, x*y, 2, 2, z)
+        stats = torch.stack([v**k for k in range(1, order + 1)], dim=3)  # (B, x*y, 2, order, z)
         # what the tilt re-weights by: the statistics themselves, or (tilt_width_saturation) a bounded width term
         c = self.arch.tilt_width_saturation
         basis = torch.stack([v, c * torch.tanh(v**2 / c)], dim=3) if c > 0 else stats
         m1, m2 = raw[:, :, 0], raw[:, :, 1]
         g1 = (m1 - mu) / sigma
         g2 = (m2 - 2 * mu * m1 + mu**2) / sigma**2
-        goal = torch.stack([g1, torch.maximum(g2, g1 * g1 + 1e-3)], dim=2)  # (B, 2, 2, z)
+        goals = [g1, torch.maximum(g2, g1 * g1 + 1e-3)]
+        if third is not None:
+            goals.append((raw[:, :, 2] - 3 * mu * m2 + 3 * mu**2 * m1 - mu**3) / sigma**3)
+        goal = torch.stack(goals, dim=2)  # (B, 2, order, z)
+        # a layer with no free energy keeps its shares (below): its goal, raw moments over ~0, set to 0 (not taken;
+        # a cubic's would overflow, and 0 x NaN is NaN)
+        goal = torch.where((free_energy > 0)[:, :, None, :] & torch.isfinite(goal), goal, torch.zeros_like(goal))
         base = torch.where(free, torch.log(share.clamp_min(1e-30)), torch.full_like(share, -1e30))
         theta = torch.zeros_like(goal)
-        bound = torch.tensor(TILT_BOUNDS, device=share.device, dtype=share.dtype)[None, None, :, None]
+        bound = torch.tensor(TILT_BOUNDS[:order], device=share.device, dtype=share.dtype)[None, None, :, None]
+        if third is not None:
+            # the cubic's coefficient bounded so that it moves no free cell's logit by more than CUBIC_LOGITS: a
+            # goal the kept cells cannot reach would drive it to a bound where exp(c v^3) of a far cell (v^3 up to
+            # 10^4 in a narrow layer) leaves the line search comparing float32 roundings
+            far = torch.where(free[:, :, None, :], v.abs(), torch.zeros_like(v)).amax(dim=1)  # (B, 2, z)
+            cubic = torch.minimum(bound[:, :, 2], CUBIC_LOGITS / far.clamp_min(1.0) ** 3)
+            bound = torch.cat([bound[:, :, :2] + torch.zeros_like(far)[:, :, None], cubic[:, :, None]], dim=2)
+
+        def logits(t: torch.Tensor) -> torch.Tensor:  # (B, x*y, z)
+            return base + (t[:, None] * basis).sum(dim=(2, 3))
+
+        current = logits(theta)  # (B, x*y, z)
         for _ in range(self.arch.tilt_iterations):
-            p = torch.softmax(base + (theta[:, None] * basis).sum(dim=(2, 3)), dim=1)[:, :, None, None, :]
-            expected = (p * stats).sum(dim=1)  # (B, 2, 2, z)
-            d = stats - expected[:, None]  # (B, x*y, 2, 2, z)
+            p = torch.softmax(current, dim=1)[:, :, None, None, :]
+            expected = (p * stats).sum(dim=1)  # (B, 2, order, z)
+            d = stats - expected[:, None]  # (B, x*y, 2, order, z)
             q = p[:, :, :, 0]  # (B, x*y, 1, z)
             # the Jacobian of the expected statistics in the coefficients: their covariance with the basis, damped
             # (Levenberg-Marquardt); symmetric where the basis is the statistics
+            f = d if basis is stats else basis - (p * basis).sum(dim=1)[:, None]
+            jacobian = [[(q * d[:, :, :, i] * f[:, :, :, j]).sum(dim=1) for j in range(order)] for i in range(order)]
+            for i in range(order):
+                jacobian[i][i] = jacobian[i][i] + 0.05
+            step = _solve_small(jacobian, goal - expected)
+            if third is None and basis is stats and not line_search:  # the two-moment tilt: bounded Newton steps
+                theta = torch.maximum(torch.minimum(theta + step.clamp(-0.5, 0.5), bound), -bound)
+                current = logits(theta)
+                continue
+            # with the cubic or the saturated width term: the Newton step scaled to at most 0.5 a coefficient (keeping
+            # its direction) and kept within the bounds, then taken at the length of LINE_SEARCH (or 0) that lowers a
+            # merit most, per layer: the tilt's convex dual, log sum p exp(theta . s) - theta . goal, of which the
+            # step is a descent direction, or (the saturated width term, not a dual's) the squared distance of the
+            # statistics from the goal. Without it the plain tilt's Newton steps oscillate in a layer of one dominant
+            # cell (an export's float32 rounding then lands elsewhere); the default (line_search off) keeps them for
+            # now, as its measured numbers (bench/README.md) were taken with them
+            largest = step.abs().amax(dim=(1, 2), keepdim=True)  # (B, 1, 1, z)
+            step = step * (0.5 / largest.clamp_min(0.5))
+            step = torch.maximum(torch.minimum(theta + step, bound), -bound) - theta
+            along = (step[:, None] * basis).sum(dim=(2, 3))  # (B, x*y, z): the logits' change per unit length
+            lengths = [0.0, *LINE_SEARCH]
+            tries = torch.stack([current + h * along for h in lengths], dim=0)  # (n, B, x*y, z)
             if basis is stats:
-                c11 = (q * d[:, :, :, 0] ** 2).sum(dim=1) + 0.05  # (B, 2, z)
-                c22 = (q * d[:, :, :, 1] ** 2).sum(dim=1) + 0.05
-                c12 = c21 = (q * d[:, :, :, 0] * d[:, :, :, 1]).sum(dim=1)
+                gain = (step * goal).sum(dim=(1, 2))  # (B, z)
+                merit = torch.logsumexp(tries, dim=2) - torch.stack([h * gain for h in lengths], dim=0)
             else:
-                f = basis - (p * basis).sum(dim=1)[:, None]
-                c11 = (q * d[:, :, :, 0] * f[:, :, :, 0]).sum(dim=1) + 0.05
-                c22 = (q * d[:, :, :, 1] * f[:, :, :, 1]).sum(dim=1) + 0.05
-                c12 = (q * d[:, :, :, 0] * f[:, :, :, 1]).sum(dim=1)
-                c21 = (q * d[:, :, :, 1] * f[:, :, :, 0]).sum(dim=1)
-            r1, r2 = goal[:, :, 0] - expected[:, :, 0], goal[:, :, 1] - expected[:, :, 1]
-            det = (c11 * c22 - c12 * c21).clamp_min(1e-9)
-            step = torch.stack([(c22 * r1 - c12 * r2) / det, (c11 * r2 - c21 * r1) / det], dim=2)
-            theta = torch.maximum(torch.minimum(theta + step.clamp(-0.5, 0.5), bound), -bound)
-        tilted = torch.softmax(base + (theta[:, None] * basis).sum(dim=(2, 3)), dim=1)
+                reached = (torch.softmax(tries, dim=2)[:, :, :, None, None, :] * stats[None]).sum(dim=2)
+                merit = (reached - goal[None]).pow(2).sum(dim=(2, 3))
+            best = merit.argmin(dim=0)  # (B, z)
+            length = torch.tensor(lengths, dtype=share.dtype, device=share.device)[best]  # (B, z)
+            theta = theta + length[:, None, None, :] * step
+            current = torch.gather(tries, 0, best[None, :, None, :].expand_as(tries[:1]))[0]
+        tilted = torch.softmax(current, dim=1)
 
         def miss(q: torch.Tensor) -> torch.Tensor:  # distance of the standardised moments from the goal
             got = (q[:, :, None, None, :] * stats).sum(dim=1)
@@ -782,6 +913,22 @@ def translate_layers(field: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         above = torch.gather(field, 1 + axis, (low + 1).clamp(0, n - 1).long().expand(field.shape))
         field = below + step * (above - below)
     return field
+
+
+def _solve_small(matrix: list[list[torch.Tensor]], rhs: torch.Tensor) -> torch.Tensor:
+    """x with ``matrix`` x = ``rhs`` for a 2 x 2 or 3 x 3 system per element: ``matrix[i][j]`` (B, 2, z) and
+    ``rhs`` (B, 2, n, z), the solution stacked as ``rhs`` (Cramer's rule, written out so that it exports)."""
+    r = [rhs[:, :, i] for i in range(rhs.shape[2])]
+    if len(r) == 2:
+        (a, b), (c, d) = matrix
+        det = (a * d - b * c).clamp_min(1e-9)
+        return torch.stack([(d * r[0] - b * r[1]) / det, (a * r[1] - c * r[0]) / det], dim=2)
+    (a, b, c), (d, e, f), (g, h, i) = matrix
+    # the cofactors; the damped covariance is positive definite, so the determinant is positive
+    co = [[e * i - f * h, c * h - b * i, b * f - c * e], [f * g - d * i, a * i - c * g, c * d - a * f]]
+    co.append([d * h - e * g, b * g - a * h, a * e - b * d])
+    det = (a * co[0][0] + b * co[1][0] + c * co[2][0]).clamp_min(1e-12)
+    return torch.stack([(co[k][0] * r[0] + co[k][1] * r[1] + co[k][2] * r[2]) / det for k in range(3)], dim=2)
 
 
 def _normalised(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

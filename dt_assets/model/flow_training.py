@@ -69,6 +69,8 @@ class FlowTrainConfig:
     #: 8 midpoint steps: on the 45-minute bench model (bench/README), 16 gave AUC 0.781, FPD 0.0032 and 8 gave
     #: 0.783, 0.0034 (the same within the bootstrap), 4 gave 0.799, 0.012; 8 generates 1.6x faster than 16
     stage2_steps: int = 8
+    #: stage 1 also learns each layer's transverse third moment and the moment tilt gives it (FlowArchitecture)
+    layer_skewness: bool = False
 
     family = "flow"
 
@@ -88,9 +90,11 @@ class FlowTrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ValueError(f"max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch!r}")
+        if not isinstance(self.layer_skewness, bool):
+            raise ValueError(f"layer_skewness must be true or false, got {self.layer_skewness!r}")
 
-    def architecture(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in ARCHITECTURE_FIELDS}
+    def architecture(self) -> dict[str, int | bool]:
+        return {**{name: getattr(self, name) for name in ARCHITECTURE_FIELDS}, "layer_skewness": self.layer_skewness}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
