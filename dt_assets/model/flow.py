@@ -713,8 +713,8 @@ class FlowGenerator(nn.Module):
             return self.tilt(share, free, layer_energy, fixed, free_energy, mean, width)
         two = self.tilt(share, free, layer_energy, fixed, free_energy, mean, width, line_search=True)
         three = self.tilt(share, free, layer_energy, fixed, free_energy, mean, width, third)
-        energies = [fixed + free_energy * s for s in (three, two)]
-        return two + self._further_weight(*energies, layer_energy, mean, width) * (three - two)
+        weight = self._further_weight(fixed + free_energy * three, fixed + free_energy * two, layer_energy, mean, width)
+        return two + weight * (three - two)
 
     def _further_weight(
         self,
