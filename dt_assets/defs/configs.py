@@ -243,7 +243,7 @@ class FlowModelConfig(TrainingConfig):
     layer_skewness: bool = Field(
         default=FlowTrainConfig.layer_skewness,
         description="Stage 1 also learns each layer's transverse third moment and the assembly's moment tilt gives "
-        "it (a cubic term); generates about 3x slower (docs: The generators).",
+        "it (a cubic term); its assembly takes about 4.5x as long (docs: The generators).",
     )
 
     family: ClassVar[str] = "flow"
