@@ -323,6 +323,15 @@ def test_the_loop_retrains_its_family_and_warm_starts_only_from_a_champion_of_th
     ingest(instance, storage, 36)
     (request,) = retrain(instance, storage, settings=FAST_FLOW).run_requests
     assert request.run_config["ops"]["flow_model"]["config"]["warm_start"] == meta["model_uri"]
+    # a retraining set for another network (make champion trains with layer_skewness, the loop without) keeps the
+    # champion's, which its warm start needs; the rest of its settings are its own
+    other = TwinSettings.model_validate(
+        {"retrain": {"flow_model": {"epochs": 3, "stage2_hidden": 64, "layer_skewness": True}}}
+    )
+    (request,) = retrain(instance, storage, settings=other).run_requests
+    config = request.run_config["ops"]["flow_model"]["config"]
+    assert config["warm_start"] == meta["model_uri"] and config["epochs"] == 3
+    assert config["stage2_hidden"] == 32 and config["layer_skewness"] is False
 
 
 def test_data_that_lands_during_a_training_goes_into_the_next_one_and_a_canceled_one_is_not_retried(

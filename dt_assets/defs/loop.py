@@ -30,7 +30,8 @@ import dagster as dg
 from resources import ModelRegistry, StorageResource
 
 from ..fsio import sha256_json
-from ..model.registry import alias_version, version_uri
+from ..model.flow_training import FlowTrainConfig
+from ..model.registry import alias_version, run_params, version_uri
 from ..showers.store import open_store
 from .jobs import ALL_TRAINING_JOBS, TRAINING_JOBS, ingest_runs_job, promote_job, validate_model_job
 from .landing import LOOP_TAG, SETTINGS, busy, land_files_job, landing_sensors, on_run_status, sensor_status
@@ -68,6 +69,16 @@ def latest_trained(instance: dg.DagsterInstance, geometry: str, family: str = "f
     return set()
 
 
+def warm_start_architecture(champion: Any, settings: TwinSettings) -> dict[str, str]:
+    """The flow settings that fix ``champion``'s network, as its training run logged them, where they differ from the
+    loop's retraining: a warm start needs the same network (``make champion`` trains with ``layer_skewness``, the
+    loop's settings default to without), so the retraining takes them."""
+    params = run_params(champion)
+    own = settings.retrain.flow_model.model_dump()
+    fields = [k for k in FlowTrainConfig().architecture() if k in own and k in params]
+    return {k: params[k] for k in fields if str(own[k]) != params[k]}
+
+
 def retrain_tick(
     context: dg.SensorEvaluationContext, storage: StorageResource, registry: ModelRegistry, settings: TwinSettings
 ) -> dg.SensorResult | dg.SkipReason:
@@ -92,10 +103,14 @@ def retrain_tick(
         )
     registry.activate()
     champion = alias_version(CHAMPION, settings.model_name)
-    warm_start = ""
+    warm_start, architecture = "", {}
     if champion is not None and champion.tags.get("family", "3dgan") == family:
         warm_start = version_uri(champion)
-    run_config = settings.training_run_config(warm_start)
+        if family == "flow":
+            architecture = warm_start_architecture(champion, settings)
+    run_config = settings.training_run_config(warm_start, architecture=architecture)
+    kept = ", ".join(f"{k}={v}" for k, v in sorted(architecture.items()))
+    kept = f", keeping its network ({kept})" if kept else ""
     # the same data, settings and starting point are requested once: a failed or canceled retraining is not
     # retried in a loop (Dagster would drop the request silently; this says why)
     run_key = f"retrain-{settings.geometry}-{sha256_json({'runs': runs, 'run_config': run_config}, 16)}"
@@ -114,7 +129,7 @@ def retrain_tick(
         )
     context.log.info(
         f"retraining a {family} model on {len(runs)} run(s), {len(new)} new ({', '.join(new)}); "
-        f"warm start: {warm_start or 'none (no champion of this family yet)'}"
+        f"warm start: {warm_start or 'none (no champion of this family yet)'}{kept}"
     )
     return dg.SensorResult(
         run_requests=[

@@ -29,6 +29,7 @@ set by the loop itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -210,11 +211,21 @@ class TwinSettings(_Section):
     def model_name(self) -> str:
         return self.retrain.model().registered_model_name
 
-    def training_run_config(self, warm_start: str, full: bool = False, seed: int | None = None) -> dict[str, Any]:
+    def training_run_config(
+        self,
+        warm_start: str,
+        full: bool = False,
+        seed: int | None = None,
+        architecture: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Run config of the family's training job (``train_flow`` or ``train_gan``): the retraining (warm
-        start) or the full retraining (from scratch)."""
+        start) or the full retraining (from scratch). ``architecture``: settings that fix the warm start's network
+        (as its training logged them, strings allowed), which the retraining takes over its own (the same network)."""
         section = self.full_retrain if full else self.retrain
-        model = section.model().model_dump()
+        settings = section.model()
+        if architecture:
+            settings = type(settings).model_validate({**settings.model_dump(), **architecture})
+        model = settings.model_dump()
         model["warm_start"] = "" if full else warm_start
         if seed is not None:
             model["seed"] = seed

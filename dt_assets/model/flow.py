@@ -788,10 +788,10 @@ class FlowGenerator(nn.Module):
         with v the cell coordinates standardised by the shares' own barycentre and width, the four found by Newton's
         method (each axis a 2 x 2 system) so that the layer's barycentre and width become stage 1's ``mean`` and
         ``width`` (B, 2, z; cell units). With the third central moments ``third`` (B, 2, z; cells^3) a cubic term
-        c v^3 per axis gives the layer those too: each Newton step (3 x 3 per axis) is then taken at the length of
-        ``LINE_SEARCH`` (or none) that lowers the tilt's convex dual most, so the objective never rises (with
-        ``tilt_width_saturation``, whose basis is no dual's, the squared miss of the statistics; the two-moment tilt
-        too with ``line_search``). ``fixed``
+        c v^3 per axis gives the layer those too: each Newton step (3 x 3 per axis) is then taken at a length of
+        ``LINE_SEARCH`` (or none) weighted by a soft minimum of the tilt's convex dual, so the objective never rises
+        by more than a rounding (the two-moment tilt too with ``line_search``; with ``tilt_width_saturation``, whose
+        basis is no dual's, at the length that lowers the squared miss of the statistics most). ``fixed``
         (B, x*y, z) is what the cells hold besides their shares of ``free_energy`` (B, 1, z). The tilt is bounded; a
         layer takes it in full where it brings the layer closer to the target by a tenth or more, in part where by
         less, and keeps its shares where it would not bring it closer, where it has fewer than two free cells, or no
@@ -857,12 +857,13 @@ class FlowGenerator(nn.Module):
                 current = logits(theta)
                 continue
             # with the cubic or the saturated width term: the Newton step scaled to at most 0.5 a coefficient (keeping
-            # its direction) and kept within the bounds, then taken at the length of LINE_SEARCH (or 0) that lowers a
-            # merit most, per layer: the tilt's convex dual, log sum p exp(theta . s) - theta . goal, of which the
-            # step is a descent direction, or (the saturated width term, not a dual's) the squared distance of the
-            # statistics from the goal. Without it the plain tilt's Newton steps oscillate in a layer of one dominant
-            # cell (an export's float32 rounding then lands elsewhere); the default (line_search off) keeps them for
-            # now, as its measured numbers (bench/README.md) were taken with them
+            # its direction) and kept within the bounds, then taken per layer at a length of LINE_SEARCH (or 0) by a
+            # merit: the tilt's convex dual, log sum p exp(theta . s) - theta . goal, of which the step is a descent
+            # direction (a soft minimum over the lengths, below), or (the saturated width term, not a dual's) the
+            # squared distance of the statistics from the goal (the length that lowers it most). Without it the plain
+            # tilt's Newton steps oscillate in a layer of one dominant cell (an export's float32 rounding then lands
+            # elsewhere); the default (line_search off) keeps them for now, as its measured numbers (bench/README.md)
+            # were taken with them
             largest = step.abs().amax(dim=(1, 2), keepdim=True)  # (B, 1, 1, z)
             step = step * (0.5 / largest.clamp_min(0.5))
             step = torch.maximum(torch.minimum(theta + step, bound), -bound) - theta
@@ -875,6 +876,15 @@ class FlowGenerator(nn.Module):
             else:
                 reached = (torch.softmax(tries, dim=2)[:, :, :, None, None, :] * stats[None]).sum(dim=2)
                 merit = (reached - goal[None]).pow(2).sum(dim=(2, 3))
+            if basis is stats:
+                # the lengths weighted by a soft minimum of the merit, not its argmin: continuous in the merits (an
+                # exported graph's rounding cannot flip the choice between two near-equal lengths), and by the dual's
+                # convexity the merit at the weighted length is at most the weighted merits', within a quarter of the
+                # way from the best length's to no step's (_soft_min_length)
+                length = _soft_min_length(merit, lengths)  # (B, z)
+                theta = theta + length[:, None, None, :] * step
+                current = current + length[:, None, :] * along
+                continue
             best = merit.argmin(dim=0)  # (B, z)
             length = torch.tensor(lengths, dtype=share.dtype, device=share.device)[best]  # (B, z)
             theta = theta + length[:, None, None, :] * step
@@ -913,6 +923,18 @@ def translate_layers(field: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         above = torch.gather(field, 1 + axis, (low + 1).clamp(0, n - 1).long().expand(field.shape))
         field = below + step * (above - below)
     return field
+
+
+def _soft_min_length(merit: torch.Tensor, lengths: list[float]) -> torch.Tensor:
+    """The step length (B, z) of a line search whose merits at ``lengths`` are ``merit`` (n, B, z; ``lengths[0]`` is 0,
+    no step): the lengths weighted by exp(-(merit - best) / t), t = (no step's - best) / (4 log n) plus a floor of
+    1e-6 (|no step's| + 1). The weighted merit is at most best + t log n: a quarter of the way from the best to no
+    step's."""
+    best = merit.amin(dim=0)
+    scale = (merit[0] - best) / (4 * math.log(len(lengths))) + 1e-6 * (merit[0].abs() + 1)
+    weight = torch.softmax(-(merit - best) / scale, dim=0)
+    grid = torch.tensor(lengths, dtype=merit.dtype, device=merit.device)[:, None, None]
+    return (weight * grid).sum(dim=0)
 
 
 def _solve_small(matrix: list[list[torch.Tensor]], rhs: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,13 @@ def log_generator(
     return client.get_model_version(registered_model_name, version.version)
 
 
+def run_params(version: ModelVersion) -> dict[str, str]:
+    """The parameters the training run of ``version`` logged (as MLflow keeps them, strings; {} without a run)."""
+    if not version.run_id:
+        return {}
+    return dict(MlflowClient().get_run(version.run_id).data.params)
+
+
 def rename_registered_model(old: str = LEGACY_MODEL_NAME, new: str = DEFAULT_MODEL_NAME) -> int:
     """Rename a registered model, its versions, aliases and tags with it; returns its number of versions.
 
