@@ -314,8 +314,8 @@ def test_the_line_search_of_the_three_moment_tilt_descends_and_is_continuous_in_
     reached = torch.stack([dual(h[None])[0, i] for i, h in enumerate(length)])
     assert (reached <= best + (none - best) / 4 + 1e-9).all()
     assert ((none - reached) >= 0.75 * (none - best) - 1e-9).all()
-    # two lengths within float32 rounding of each other: the argmin flips with a 1e-6 nudge, the soft length not
-    # lengths 0, 1, 0.5, 0.25, ...: the best two (1 and 0.25) within float32 rounding of each other
+    # lengths 0, 1, 0.5, 0.25, ...: with the best two (1 and 0.25) within float32 rounding of each other, a 1e-6
+    # nudge flips the argmin, the soft length not
     tie = torch.tensor([1.0, 0.2, 0.5, 0.2, 0.7, 0.8, 0.9, 0.9, 1.0], dtype=torch.float64)[:, None, None]
     nudged = {}
     for by in (-1e-6, 1e-6):

@@ -26,6 +26,7 @@ import json
 from typing import Any
 
 import dagster as dg
+from mlflow.entities.model_registry import ModelVersion
 
 from resources import ModelRegistry, StorageResource
 
@@ -69,7 +70,7 @@ def latest_trained(instance: dg.DagsterInstance, geometry: str, family: str = "f
     return set()
 
 
-def warm_start_architecture(champion: Any, settings: TwinSettings) -> dict[str, str]:
+def warm_start_architecture(champion: ModelVersion, settings: TwinSettings) -> dict[str, str]:
     """The flow settings that fix ``champion``'s network, as its training run logged them, where they differ from the
     loop's retraining: a warm start needs the same network (``make champion`` trains with ``layer_skewness``, the
     loop's settings default to without), so the retraining takes them."""
