@@ -137,6 +137,35 @@ def test_observables_of_a_constructed_shower():
     assert spectrum.sum() == 2  # the two cells above threshold
 
 
+def test_the_cell_spectrums_mean_error_is_the_geometric_mean_cells_and_does_not_hang_on_the_unit():
+    geometry = get_geometry(SMALL)
+    rng = np.random.default_rng(3)
+    cells = np.zeros((200, *geometry.shape))
+    lit = rng.random(cells.shape) < 0.1
+    cells[lit] = 10 ** rng.normal(-0.3, 0.8, lit.sum())  # MeV: log10 means near 0, as in the small preset
+    spectrum = OBSERVABLES["cell_energy_spectrum"]
+    centres = spectrum.bins(geometry)
+    edges = np.concatenate([centres - 0.0625, centres[-1:] + 0.0625])
+
+    def mean_error(
+        ref_cells: np.ndarray, cand_cells: np.ndarray, shift: float = 0.0, kind: str = spectrum.kind
+    ) -> float:
+        # binned as validate bins it: the bin centres weighted by the summed contents (``shift``: another unit)
+        ref, cand = (
+            Sample(centres[None] + shift, spectrum(_block(c)).sum(axis=0)[None], edges + shift, kind)
+            for c in (ref_cells, cand_cells)
+        )
+        return float(get_metric("mean_error").func(ref, cand)[0])
+
+    # every visible cell 4% hotter (the empty ones stay empty: the same cells are lit)
+    hotter = np.where(cells > 0.1, 1.04 * cells, cells)
+    assert mean_error(cells, hotter) == pytest.approx(0.04, abs=0.004)
+    # the same showers in keV (log10 + 3): the same error; a relative error of the log's mean would read 0.5%
+    assert mean_error(cells, hotter, shift=3.0) == pytest.approx(mean_error(cells, hotter), abs=1e-9)
+    assert abs(mean_error(cells, hotter, shift=3.0, kind="magnitude")) < 0.01
+    assert mean_error(cells, cells) == 0.0
+
+
 def test_measured_theta_of_a_tilted_track():
     geometry = get_geometry(SMALL)
     depth = geometry.layer_depths_mm()

@@ -12,7 +12,9 @@ Definitions:
 
 - ``mean_error``: ``(mean_c - mean_r) / |mean_r|`` for magnitudes; for positions (observables of
   kind ``"position"``) ``(mean_c - mean_r) / max(std_r, resolution)``, the shift in units of the
-  reference spread (never below the observable's resolution, e.g. one cell).
+  reference spread (never below the observable's resolution, e.g. one cell); for the log10 of a
+  magnitude (kind ``"log_magnitude"``, e.g. the cell-energy spectrum) ``10^(mean_c - mean_r) - 1``,
+  the relative error of the geometric mean, which does not depend on the magnitude's unit.
 - ``width_error``: ``(std_c - std_r) / max(std_r, resolution)``.
 - ``separation_power``: ``S = 1/2 sum_i (h_r,i - h_c,i)^2 / (h_r,i + h_c,i)`` on histograms normalised to
   unit sum (CaloChallenge); 0 for identical, 1 for disjoint histograms.
@@ -150,8 +152,16 @@ def get_metric(name: str) -> Metric:
         raise KeyError(f"unknown metric {name!r}; registered: {', '.join(sorted(METRICS))}") from None
 
 
-@metric("mean_error", "relative error of the mean (shift in reference standard deviations for positions)")
+@metric(
+    "mean_error",
+    "relative error of the mean (shift in reference standard deviations for positions; of the geometric mean for "
+    "log10 magnitudes)",
+)
 def mean_error(ref: Sample, cand: Sample) -> np.ndarray:
+    if ref.kind == "log_magnitude":
+        # the mean of log10(x) is log10 of x's geometric mean: its shift is a ratio. Divided by |mean_r| instead,
+        # the error would hang on the unit's zero (cells near 1 MeV would make any shift huge)
+        return np.power(10.0, cand.mean - ref.mean) - 1
     scale = ref.scale if ref.kind == "position" else np.abs(ref.mean)
     return _divide(cand.mean - ref.mean, scale)
 
