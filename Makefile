@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 demo: install ## Run the loop on embedded defaults and print a summary (data in $CALOTWIN_HOME)
 	$(PY) -m dt_assets.demo
 
-champion: install ## Train a generator for the default gates; validate, promote and export it if it passes (about 40 min)
+champion: install ## Train a generator for the default gates; validate, promote and export it if it passes (40-55 min on 2 cores)
 	$(PY) -m dt_assets.champion
 
 # one thread per worker (OMP_NUM_THREADS=1): two workers of two threads each on two cores spin-wait for each other
