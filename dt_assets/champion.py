@@ -5,7 +5,7 @@ On the small CPU preset it registers fresh Monte Carlo electrons (:data:`CHAMPIO
 :data:`CHAMPION_TRAINING` (``flow_model``), validates the new version with the default validation
 (``mc_reference``, ``generated_showers``, ``validation_report`` and its blocking checks), decides its
 promotion (``champion_model``) and, when a champion exists, exports it for an MC framework
-(``exported_generator``: ONNX and TorchScript). About 40 minutes on 2 cores, most of it training. When
+(``exported_generator``: ONNX and TorchScript). 40–55 minutes on 2 cores, most of it training. When
 the version does not pass, it says so, names the report and exits with status 1 (bench/README.md has
 what this training reached when it was last measured).
 

@@ -59,7 +59,7 @@ DEMO_TRAINING = {"geometry": GEOMETRY, "particle": "e-", "epochs": 6}
 #: the line the demo ends with when its model was not promoted
 CHAMPION_HINT = (
     "no model passed the default gates within the demo's budget: `make champion` trains a longer one on fresh data, "
-    "validates it, and promotes and exports it if it passes (about 40 minutes on 2 cores)"
+    "validates it, and promotes and exports it if it passes (40–55 minutes on 2 cores)"
 )
 
 

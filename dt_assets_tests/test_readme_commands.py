@@ -48,7 +48,7 @@ def test_make_demo_ends_with_the_report_and_a_promotion_decision(demo_home):
     assert (decision[0] == "promoted to champion") == result["passed"]
     if not result["passed"]:  # the demo's last line names the command that trains one that passes
         demo_lines = [line for line in out.rstrip().splitlines() if not line.startswith("make")]  # make's own
-        assert demo_lines[-1].endswith("(about 40 minutes on 2 cores)")
+        assert demo_lines[-1].endswith("(40–55 minutes on 2 cores)")
         assert "`make champion` trains a longer one on fresh data, validates it, and promotes and exports it" in out
 
 
